@@ -1,0 +1,12 @@
+"""rdprune: layer-adaptive weight pruning by rate-distortion optimisation.
+
+Reproduces Xu et al., "Efficient Joint Optimization of Layer-Adaptive Weight Pruning in Deep
+Neural Networks" (ICCV 2023), with uniform / uniform+ / global magnitude / LAMP / ERK baselines and
+ADMM pruning (Zhang et al., ECCV 2018).
+
+Vocabulary used throughout: *sparsity* is the fraction of weights removed, in [0, 1); *density* is
+1 - sparsity; *MACs* are multiply-accumulates; a *prunable layer* is a Conv2d or Linear module whose
+forward actually runs; a *mask* is a bool tensor shaped like the layer's weight, True = kept.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,55 @@
+"""MAC counts of prunable layers, from ``torch.utils.flop_counter``.
+
+"FLOPs remaining %" = sum over conv/linear layers of dense MACs x density, divided by the dense
+total, in percent. MACs are per input sample (the counter reports FLOPs = 2 x MACs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from rdprune.layers import unwrap
+
+
+@torch.no_grad()
+def layer_macs(
+    model: nn.Module, example: torch.Tensor, names: Sequence[str]
+) -> dict[str, int]:
+    """Dense MACs per sample of each named layer, counted on ``model(example)``.
+
+    Args:
+        model: the network (mode restored afterwards).
+        example: an input batch; counts are divided by its batch size.
+        names: module names of the layers to report (e.g. the prunable layers).
+    """
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(example)
+    finally:
+        model.train(was_training)
+    counts = counter.get_flop_counts()
+    prefix = type(model).__name__
+    batch = example.shape[0]
+    out = {}
+    for name in names:
+        flops = sum(counts.get(f"{prefix}.{name}", {}).values())
+        out[name] = int(flops) // (2 * batch)
+    return out
+
+
+def flops_remaining(macs: Sequence[int], densities: Sequence[float]) -> float:
+    """Remaining share of conv/linear MACs, in percent."""
+    total = sum(macs)
+    return 100.0 * sum(m * d for m, d in zip(macs, densities)) / total if total else 100.0
+
+
+def macs_per_weight(macs: Mapping[str, int], layers: Mapping[str, nn.Module]) -> list[float]:
+    """MACs each kept weight costs per sample (a conv's output spatial size; 1 for a Linear)."""
+    return [macs[name] / m.weight.numel() for name, m in layers.items()]

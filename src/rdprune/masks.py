@@ -1,0 +1,97 @@
+"""Magnitude masks: which weights are removed, given how many.
+
+Allocation decides *how many* weights each layer loses (a sparsity); this module decides *which*:
+the smallest-magnitude ones, with already-zero weights first and ties broken by position, so the
+same weights and sparsity always give the same mask. A mask is a bool tensor shaped like the weight,
+True = kept. Masks of a model are a plain ``{layer name: mask}`` dict.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+
+def num_pruned(numel: int, sparsity: float) -> int:
+    """Number of weights removed from a layer of ``numel`` weights at ``sparsity`` (round half up)."""
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"layer sparsity must be in [0, 1], got {sparsity}")
+    return min(numel, int(math.floor(sparsity * numel + 0.5)))
+
+
+def magnitude_order(weight: torch.Tensor) -> torch.Tensor:
+    """Flat indices of ``weight`` from smallest to largest magnitude (stable: ties by position)."""
+    return torch.argsort(weight.detach().abs().flatten(), stable=True)
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Bool mask keeping all but the ``num_pruned(numel, sparsity)`` smallest-magnitude weights."""
+    k = num_pruned(weight.numel(), sparsity)
+    mask = torch.ones(weight.numel(), dtype=torch.bool, device=weight.device)
+    mask[magnitude_order(weight)[:k]] = False
+    return mask.view_as(weight)
+
+
+def magnitude_masks(
+    layers: Mapping[str, nn.Module], sparsities: Sequence[float]
+) -> dict[str, torch.Tensor]:
+    """Masks for every layer from per-layer sparsities (in the order of ``layers``)."""
+    if len(sparsities) != len(layers):
+        raise ValueError(f"{len(sparsities)} sparsities for {len(layers)} layers")
+    return {
+        name: magnitude_mask(m.weight, s) for (name, m), s in zip(layers.items(), sparsities)
+    }
+
+
+@torch.no_grad()
+def apply_masks(layers: Mapping[str, nn.Module], masks: Mapping[str, torch.Tensor]) -> None:
+    """Zero the removed weights in place (exact zeros)."""
+    for name, mask in masks.items():
+        w = layers[name].weight
+        w.mul_(mask.to(device=w.device, dtype=w.dtype))
+
+
+def mask_gradients(layers: Mapping[str, nn.Module], masks: Mapping[str, torch.Tensor]) -> None:
+    """Zero the gradients of removed weights, so optimizer state never builds up for them."""
+    for name, mask in masks.items():
+        g = layers[name].weight.grad
+        if g is not None:
+            g.mul_(mask.to(device=g.device, dtype=g.dtype))
+
+
+def sparsity_of(masks: Mapping[str, torch.Tensor]) -> float:
+    """Fraction of removed weights over all masked layers."""
+    total = sum(m.numel() for m in masks.values())
+    kept = sum(int(m.sum()) for m in masks.values())
+    return 1.0 - kept / total if total else 0.0
+
+
+def layer_sparsities(masks: Mapping[str, torch.Tensor]) -> list[float]:
+    """Per-layer fraction of removed weights, in mask order."""
+    return [1.0 - int(m.sum()) / m.numel() for m in masks.values()]
+
+
+def masks_from_weights(layers: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """Masks that keep exactly the non-zero weights (for a model loaded with zeros in place)."""
+    return {name: m.weight.detach() != 0 for name, m in layers.items()}
+
+
+class MaskViolationError(RuntimeError):
+    """A removed weight is non-zero: the model no longer matches its masks."""
+
+
+@torch.no_grad()
+def check_masks(
+    layers: Mapping[str, nn.Module], masks: Mapping[str, torch.Tensor], where: str = ""
+) -> None:
+    """Raise :class:`MaskViolationError` unless every removed weight is exactly zero."""
+    for name, mask in masks.items():
+        w = layers[name].weight
+        bad = int((w[~mask.to(w.device)] != 0).sum())
+        if bad:
+            raise MaskViolationError(
+                f"{bad} pruned weights of layer {name} are non-zero{' ' + where if where else ''}"
+            )
