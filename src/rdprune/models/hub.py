@@ -1,0 +1,263 @@
+"""Models by name from torchvision and timm (ImageNet-scale networks, optionally pretrained).
+
+Names are validated against each library's list before anything is built; an unknown name, or
+pretrained weights that cannot be fetched (offline machine), is a one-line
+:class:`~rdprune.errors.UserError` that says how to fix it. torchvision is limited to its
+classification models (``torchvision.models.list_models(module=torchvision.models)``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from rdprune.errors import UserError
+
+SOURCES = ("auto", "torchvision", "timm")
+IMAGENET_CLASSES = 1000
+
+
+def torchvision_names() -> list[str]:
+    """torchvision's classification model names."""
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def timm_names() -> list[str]:
+    """timm's architecture names (without pretrained tags)."""
+    import timm
+
+    return timm.list_models()
+
+
+def _one_line(text: str, limit: int = 120) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unknown(name: str, candidates: Iterable[str], where: str) -> UserError:
+    unique = list(dict.fromkeys(candidates))  # torchvision and timm share names (resnet18, ...)
+    close = difflib.get_close_matches(name, unique, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return UserError(f"unknown model {name!r} in {where}{hint}")
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def _replace_classifier(model: nn.Module, name: str, num_classes: int) -> None:
+    """Swap the 1000-way classifier (and auxiliary ones) for fresh ``num_classes``-way layers.
+
+    The classifier is the last Linear / Conv2d (squeezenet) in model order with 1000 outputs;
+    Inception-style auxiliary heads (names containing "aux") are replaced as well.
+    """
+    heads = [
+        (n, m)
+        for n, m in model.named_modules()
+        if (isinstance(m, nn.Linear) and m.out_features == IMAGENET_CLASSES)
+        or (isinstance(m, nn.Conv2d) and m.out_channels == IMAGENET_CLASSES)
+    ]
+    if not heads:
+        raise UserError(
+            f"cannot find the 1000-way classifier of torchvision model {name!r}; "
+            f"use model.source=timm or model.num_classes=1000"
+        )
+    last = heads[-1][0]
+    for n, m in heads:
+        if n != last and "aux" not in n.lower():
+            continue
+        if isinstance(m, nn.Linear):
+            new: nn.Module = nn.Linear(m.in_features, num_classes, bias=m.bias is not None)
+        else:
+            new = nn.Conv2d(
+                m.in_channels, num_classes, m.kernel_size, m.stride, m.padding,
+                bias=m.bias is not None,
+            )
+        _set_module(model, n, new)
+
+
+@torch.no_grad()
+def _adapt_input_channels(model: nn.Module, name: str, in_channels: int) -> None:
+    """Replace the first 3-channel Conv2d so the model takes ``in_channels`` inputs.
+
+    The RGB filters are summed (1 channel: a grey image then gives the activations its RGB copy
+    gave) or tiled over the channels and rescaled by 3 / in_channels (as timm does).
+    """
+    rgb_convs = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and m.in_channels == 3 and m.groups == 1
+    ]
+    if not rgb_convs:
+        raise UserError(
+            f"cannot find the RGB input conv of torchvision model {name!r}; "
+            f"use model.source=timm or model.in_channels=3"
+        )
+    n, old = rgb_convs[0]
+    new = nn.Conv2d(
+        in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
+        bias=old.bias is not None,
+    )
+    w = old.weight
+    if in_channels == 1:
+        new.weight.copy_(w.sum(dim=1, keepdim=True))
+    else:
+        reps = -(-in_channels // 3)
+        new.weight.copy_(w.repeat(1, reps, 1, 1)[:, :in_channels] * (3.0 / in_channels))
+    if old.bias is not None:
+        new.bias.copy_(old.bias)
+    _set_module(model, n, new)
+
+
+def _build_torchvision(
+    name: str, num_classes: int, pretrained: bool, in_channels: int
+) -> nn.Module:
+    import torchvision
+
+    if not pretrained:
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    else:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        try:
+            model = torchvision.models.get_model(name, weights=weights)
+        except OSError as exc:  # URLError, HTTPError, socket errors: no network or no file
+            url = weights.url
+            file = os.path.basename(urlparse(url).path)
+            path = os.path.join(torch.hub.get_dir(), "checkpoints", file)
+            raise UserError(
+                f"cannot load pretrained weights of torchvision model {name!r} "
+                f"({type(exc).__name__}: {_one_line(exc)}); download {url} to {path} on a machine "
+                f"with internet, or set model.pretrained=false"
+            ) from None
+        if num_classes != IMAGENET_CLASSES:
+            _replace_classifier(model, name, num_classes)
+    if in_channels != 3:
+        _adapt_input_channels(model, name, in_channels)
+    return model
+
+
+def _timm_weights_location(name: str) -> str:
+    """Where timm looks for ``name``'s pretrained file, in words (best effort)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is not None and cfg.hf_hub_id:
+        from huggingface_hub import constants
+
+        return f"the Hugging Face hub cache {constants.HF_HUB_CACHE} (repo {cfg.hf_hub_id})"
+    if cfg is not None and cfg.url:
+        base = os.path.basename(urlparse(cfg.url).path)
+        return f"{os.path.join(torch.hub.get_dir(), 'checkpoints', base)} (from {cfg.url})"
+    return "timm's cache"
+
+
+def _build_timm(name: str, num_classes: int, pretrained: bool, in_channels: int) -> nn.Module:
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    if pretrained:
+        cfg = get_pretrained_cfg(name)
+        if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+            raise UserError(
+                f"timm model {name!r} has no pretrained weights; set model.pretrained=false "
+                f"or pick a tag from timm.list_pretrained()"
+            )
+    try:
+        return timm.create_model(
+            name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels
+        )
+    except OSError as exc:  # huggingface_hub / urllib errors all derive from OSError
+        if not pretrained:
+            raise
+        raise UserError(
+            f"cannot load pretrained weights of timm model {name!r} "
+            f"({type(exc).__name__}: {_one_line(exc)}); download them into "
+            f"{_timm_weights_location(name)} on a machine with internet and copy that cache here, "
+            f"or set model.pretrained=false"
+        ) from None
+
+
+def _check_timm_name(name: str) -> bool:
+    """Whether ``name`` is a timm architecture, or architecture.tag with a known tag."""
+    import timm
+    from timm.models import split_model_name_tag
+
+    arch, tag = split_model_name_tag(name)
+    if not timm.is_model(arch):
+        return False
+    return not tag or name in timm.list_pretrained(f"{arch}.*")
+
+
+def torchvision_model(name: str, num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
+    """A torchvision classification model by name (``resnet50``, ``vgg16_bn``, ...).
+
+    Args:
+        name: a name from ``torchvision.models.list_models(module=torchvision.models)``.
+        num_classes: outputs of the classifier; with ``pretrained`` and a value other than 1000,
+            the ImageNet weights are loaded and then the final classifier is replaced.
+        pretrained: load torchvision's DEFAULT weights (from the torch hub cache, else download).
+
+    Raises:
+        UserError: unknown name, or weights that cannot be fetched (one line, with the fix).
+    """
+    if name not in torchvision_names():
+        raise _unknown(name, torchvision_names(), "torchvision")
+    return _build_torchvision(name, num_classes, pretrained, in_channels=3)
+
+
+def named_model(
+    name: str,
+    source: str = "auto",
+    num_classes: int = 1000,
+    pretrained: bool = False,
+    in_channels: int = 3,
+) -> nn.Module:
+    """Any torchvision or timm classification model by name.
+
+    Args:
+        name: model name; for timm an architecture, optionally with a pretrained tag
+            (``resnet18.a1_in1k``).
+        source: ``"torchvision"``, ``"timm"`` or ``"auto"`` (torchvision if it has the name, else
+            timm).
+        num_classes: classifier outputs (pretrained heads are replaced when not 1000).
+        in_channels: input channels; torchvision models get their first conv replaced
+            (pretrained RGB filters summed / tiled), timm adapts natively.
+        pretrained: load the library's default (or tagged, for timm) pretrained weights.
+
+    Raises:
+        UserError: unknown source or name (with up to 3 close matches), weights that cannot be
+            fetched; always one line.
+    """
+    if source not in SOURCES:
+        raise UserError(f"unknown model source {source!r}; choose one of {', '.join(SOURCES)}")
+    if source in ("auto", "torchvision") and name in torchvision_names():
+        return _build_torchvision(name, num_classes, pretrained, in_channels)
+    if source in ("auto", "timm") and _check_timm_name(name):
+        return _build_timm(name, num_classes, pretrained, in_channels)
+    tags = _timm_tags(name) if source != "torchvision" else []
+    if tags:  # a known timm architecture with an unknown pretrained tag: suggest its tags
+        raise _unknown(name, tags, "timm's pretrained tags")
+    candidates = {
+        "torchvision": torchvision_names,
+        "timm": timm_names,
+        "auto": lambda: torchvision_names() + timm_names(),
+    }[source]()
+    where = "torchvision or timm" if source == "auto" else source
+    raise _unknown(name, candidates, where)
+
+
+def _timm_tags(name: str) -> list[str]:
+    """Pretrained ``arch.tag`` names of ``name``'s architecture, to suggest for a bad tag."""
+    import timm
+    from timm.models import split_model_name_tag
+
+    arch, tag = split_model_name_tag(name)
+    return timm.list_pretrained(f"{arch}.*") if tag and timm.is_model(arch) else []
