@@ -1,0 +1,168 @@
+"""Content-addressed, crash-safe caching of expensive stages.
+
+Every expensive stage (dense training, RD profiling, allocation, fine-tuning) stores its result
+under ``<cache_dir>/<stage>/<key>.pt``, where ``key`` is a digest of *everything the result depends
+on* (configs, weights, masks, calibration data, ...), so a changed input can never silently reuse a
+stale result, and a killed or requeued job picks up every stage that already finished.
+
+Files are written to a temporary file in the same directory and renamed (atomic on POSIX), and
+carry a checksum of their payload: a truncated or corrupted file is detected on load, reported in
+one warning line and recomputed. A per-file lock (``fcntl.flock``) makes concurrent jobs that need
+the same result wait for the one computing it instead of computing it twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_MAGIC = b"RDPRUNE-CACHE-1\n"
+_DIGEST_BYTES = 32
+
+
+def _feed(h: Any, obj: Any) -> None:
+    """Feed ``obj`` into hash ``h`` unambiguously (type-tagged, length-prefixed)."""
+    if isinstance(obj, (DictConfig, ListConfig)):
+        obj = OmegaConf.to_container(obj, resolve=True)
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj)
+        h.update(f"A{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    elif isinstance(obj, Mapping):
+        h.update(f"D{len(obj)}".encode())
+        for k in sorted(obj, key=str):
+            _feed(h, str(k))
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}".encode())
+        for item in obj:
+            _feed(h, item)
+    elif isinstance(obj, float) and not math.isfinite(obj):
+        h.update(f"F{obj!r}".encode())
+    elif obj is None or isinstance(obj, (bool, int, float, str)):
+        s = json.dumps(obj)
+        h.update(f"S{len(s)}:{s}".encode())
+    else:
+        raise TypeError(f"cannot hash object of type {type(obj).__name__}")
+
+
+def digest(*parts: Any) -> str:
+    """Stable hex digest of configs, tensors, arrays, mappings and plain values.
+
+    Tensors are hashed by dtype, shape and exact bytes; mappings in sorted-key order; configs
+    after resolving interpolations. Two calls agree iff their inputs are equal.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    _feed(h, list(parts))
+    return h.hexdigest()
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """Digest of a module's parameters and buffers (its ``state_dict``)."""
+    return digest(dict(module.state_dict()))
+
+
+def save(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` atomically: temp file in the same directory, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_MAGIC)
+            f.write(hashlib.sha256(payload).digest())
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class CorruptCacheError(Exception):
+    """A cache file exists but its checksum or contents are invalid."""
+
+
+def load(path: str | os.PathLike) -> Any:
+    """Load a file written by :func:`save`; raise CorruptCacheError if it does not verify."""
+    data = Path(path).read_bytes()
+    head = len(_MAGIC) + _DIGEST_BYTES
+    if len(data) < head or not data.startswith(_MAGIC):
+        raise CorruptCacheError(f"{path}: not a cache file or truncated header")
+    payload = data[head:]
+    if hashlib.sha256(payload).digest() != data[len(_MAGIC) : head]:
+        raise CorruptCacheError(f"{path}: checksum mismatch (truncated or corrupted)")
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise CorruptCacheError(f"{path}: {e}") from e
+
+
+def try_load(path: str | os.PathLike) -> Any | None:
+    """Load ``path`` if it exists and verifies; a bad file is reported, removed, and ignored."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return load(path)
+    except CorruptCacheError as e:
+        log.warning("corrupted cache file, recomputing: %s", e)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return None
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock tied to ``path`` (a sibling ``.lock`` file) for the block."""
+    lock_path = Path(f"{path}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def cached(path: str | os.PathLike, compute: Callable[[], T]) -> tuple[T, bool]:
+    """Return the result stored at ``path``, or compute, store and return it.
+
+    Concurrent callers with the same ``path`` serialise on a lock, so the result is computed once.
+
+    Returns:
+        ``(result, hit)`` with ``hit`` True when it came from disk.
+    """
+    with locked(path):
+        obj = try_load(path)
+        if obj is not None:
+            return obj, True
+        obj = compute()
+        save(path, obj)
+        return obj, False

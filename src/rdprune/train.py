@@ -1,0 +1,192 @@
+"""Training, fine-tuning under masks, and evaluation.
+
+Training is step-based (``steps`` optimizer steps over drop-last epochs) and deterministic on CPU:
+batches come from :meth:`rdprune.data.Splits.train_batches` and the model's own randomness is
+reseeded at every step, so a run resumed from a checkpoint ends exactly where an uninterrupted run
+would. With masks, removed weights are held at exactly zero: their gradients are zeroed before the
+optimizer step (no momentum or Adam state builds up) and the weights are re-masked after it (weight
+decay and momentum cannot revive them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rdprune import cache
+from rdprune.data import Splits, step_seed
+from rdprune.errors import UserError
+from rdprune.layers import unwrap
+from rdprune.masks import apply_masks, check_masks, mask_gradients
+from rdprune.progress import bar as progress_bar
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(UserError):
+    """The loss became NaN or infinite."""
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed-precision context: ``precision`` is "32" (off) or "bf16"."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision not in ("32", "fp32"):
+        raise UserError(f"precision must be 32 or bf16, got {precision!r}")
+    return contextlib.nullcontext()
+
+
+def masked_layers(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, nn.Module]:
+    """The modules of ``model`` named in ``masks``."""
+    modules = dict(unwrap(model).named_modules())
+    return {name: modules[name] for name in masks}
+
+
+def fit(
+    model: nn.Module,
+    data: Splits,
+    *,
+    steps: int,
+    batch_size: int,
+    optimizer: Callable[..., torch.optim.Optimizer],
+    scheduler: Callable[..., Any] | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    masks: Mapping[str, torch.Tensor] | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 500,
+    precision: str = "32",
+    desc: str = "train",
+    log_every: int = 50,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Train ``model`` in place for ``steps`` steps; returns the loss/lr history.
+
+    Args:
+        model: the network (moved to ``device``).
+        data: the dataset splits; batches from ``data.train``.
+        steps: number of optimizer steps.
+        batch_size: samples per step.
+        optimizer: ``params -> Optimizer`` (a Hydra ``_partial_`` object).
+        scheduler: ``optimizer -> LR scheduler`` stepped once per step, or None.
+        seed: seeds the batch order, augmentation and the model's randomness.
+        device: where to train.
+        masks: ``{layer name: bool mask}``; removed weights are kept exactly zero.
+        checkpoint: file for periodic resumable checkpoints (resumed from if present).
+        checkpoint_every: steps between checkpoints.
+        precision: "32" or "bf16" (autocast).
+        desc: progress-bar label.
+        log_every: steps per history entry.
+        progress: show a progress bar.
+
+    Raises:
+        TrainingDivergedError: the loss is NaN/inf (the last checkpoint is kept).
+    """
+    device = torch.device(device)
+    model.to(device)
+    layers = masked_layers(model, masks) if masks else {}
+    if masks:
+        masks = {k: v.to(device) for k, v in masks.items()}
+        apply_masks(layers, masks)
+    opt = optimizer(model.parameters())
+    sched = scheduler(opt) if scheduler is not None else None
+    start, history = 0, []
+    if checkpoint is not None:
+        state = cache.try_load(checkpoint)
+        if state is not None:
+            unwrap(model).load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            if sched is not None:
+                sched.load_state_dict(state["scheduler"])
+            start, history = state["step"], state["history"]
+            log.info("%s: resuming from step %d (%s)", desc, start, checkpoint)
+    if start >= steps:
+        return history
+
+    def save_checkpoint(step: int) -> None:
+        cache.save(checkpoint, {
+            "step": step, "model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else None, "history": history,
+        })
+
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    window, bar = [], progress_bar(total=steps, initial=start, desc=desc, disable=not progress)
+    batches = data.train_batches(batch_size, seed, start, steps)
+    for step, (x, y) in enumerate(batches, start=start):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        torch.manual_seed(step_seed(seed, step))
+        with autocast(device, precision):
+            loss = loss_fn(model(x), y)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"{desc}: loss is {loss.item()} at step {step}; the last checkpoint "
+                f"({checkpoint or 'none'}) is kept - lower the learning rate or check the data"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if masks:
+            mask_gradients(layers, masks)
+        opt.step()
+        if sched is not None:
+            sched.step()
+        if masks:
+            apply_masks(layers, masks)
+        window.append(loss.item())
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            history.append({"step": done, "loss": sum(window) / len(window),
+                            "lr": opt.param_groups[0]["lr"]})
+            window = []
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+        bar.update(1)
+        if checkpoint is not None and done % checkpoint_every == 0 and done < steps:
+            if masks:
+                check_masks(layers, masks, f"at step {done} of {desc}")
+            save_checkpoint(done)
+    bar.close()
+    if masks:
+        check_masks(layers, masks, f"after {desc}")
+    return history
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module, inputs: torch.Tensor, batch_size: int = 256, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Logits of ``model`` (eval mode, restored afterwards) on ``inputs``, as float32 on CPU."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = [model(inputs[i : i + batch_size].to(device)).float().cpu()
+               for i in range(0, len(inputs), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, data: Splits, device: torch.device | str = "cpu", split: str = "test",
+    progress: bool = False,
+) -> float:
+    """Top-1 accuracy in percent on a split (eval mode, restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        for x, y in progress_bar(data.loader(getattr(data, split)), desc=f"eval {split}",
+                                 disable=not progress):
+            pred = model(x.to(device)).argmax(1).cpu()
+            correct += int((pred == y).sum())
+            total += len(y)
+    finally:
+        model.train(was_training)
+    return 100.0 * correct / total if total else math.nan

@@ -1,0 +1,59 @@
+"""End-to-end: composed configs run the whole pipeline and write complete, consistent outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from rdprune.cache import load
+from rdprune.layers import find_prunable
+from rdprune.pipeline import run
+
+METRIC_KEYS = {
+    "model", "dataset", "method", "seed", "target_sparsity", "achieved_sparsity",
+    "flops_remaining", "dense_top1", "pruned_top1", "top1", "seconds",
+    "joint_distortion_mean", "joint_distortion_worst",
+}
+
+
+@pytest.mark.slow
+def test_quickstart_shrunk_writes_complete_outputs(tiny_config, tmp_path):
+    cfg = tiny_config("experiment=quickstart", "method.grid_points=6")
+    metrics = run(cfg)
+    out = tmp_path / "out"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(saved)
+    assert saved == json.loads(json.dumps(metrics))
+    assert (saved["model"], saved["dataset"], saved["method"]) == ("resnet32", "digits", "ours")
+    assert saved["target_sparsity"] == 0.9
+    # the DP may land below the target by at most its tolerance, never above the budget
+    assert 0.9 <= saved["achieved_sparsity"] <= 0.9 + 1e-3 + 1 / 464_432
+    for key in ("dense_top1", "pruned_top1", "top1"):
+        assert 0.0 <= saved[key] <= 100.0
+    for key in ("profile_seconds", "solve_seconds", "predicted_distortion"):
+        assert key in saved
+
+    layers = pd.read_csv(out / "layers.csv")
+    assert list(layers.columns[:7]) == ["name", "type", "shape", "weights", "kept", "sparsity",
+                                        "dense_macs"]
+    assert len(layers) == 34 and layers.weights.sum() == 464_432
+    assert layers.kept.sum() == saved["kept_weights"]
+    expected_flops = 100 * (layers.dense_macs * (1 - layers.sparsity)).sum() / layers.dense_macs.sum()
+    assert saved["flops_remaining"] == pytest.approx(expected_flops)
+    assert (out / "config.yaml").exists() and (out / "rd_curves.npz").exists()
+
+    # the saved model loads into the unpruned architecture and matches the saved masks
+    model = instantiate(cfg.model)
+    model.load_state_dict(torch.load(out / "model.pt"))
+    masks = load(out / "masks.pt")
+    prunable = find_prunable(model, torch.zeros(1, 3, 8, 8))
+    assert list(masks) == list(prunable)
+    for name, module in prunable.items():
+        assert not module.weight[~masks[name]].any(), name
+    assert saved["kept_weights"] == sum(int(m.sum()) for m in masks.values())
