@@ -53,8 +53,9 @@ from rdprune.train import evaluate, fit, predict
 
 log = logging.getLogger(__name__)
 
-#: dataset keys that do not change the data itself (left out of cache keys)
-LOADER_KEYS = ("num_workers", "eval_batch_size", "root", "download")
+#: dataset keys that do not change the images or labels (left out of cache keys; the calibration
+#: inputs themselves are part of the RD-curve keys)
+LOADER_KEYS = ("num_workers", "eval_batch_size", "root", "download", "calib_size")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,699 @@
+"""Tables and figures from run directories: ``python -m rdprune.report RUN_DIRS... --out DIR``.
+
+Finds every run below the given directories (a directory with ``metrics.json``; a Hydra job
+directory, ``.hydra/``, without one is a failed or incomplete job), loads them into one tidy
+DataFrame (one row per run) and writes, as Markdown, LaTeX (booktabs) and CSV:
+
+- ``paper_table``: the paper's layout, one row per (model, dataset, method, schedule, fine-tune,
+  target sparsity), mean ± std over seeds, published numbers (:mod:`rdprune.published`) beside;
+- ``baselines`` / ``baselines_distortion[_mean]``: methods x target sparsities per (model,
+  dataset, schedule, fine-tune) group, best per column in bold, absent cells "missing" (never 0);
+- ``layer_sparsity``: per-layer sparsity (%) by method, per group and target sparsity;
+
+plus ``runs.csv``, ``failed.md``, figures (:mod:`rdprune.plots`) and a ``README.md`` holding the
+command. Statistics: mean over seeds, std with ddof=1, no ± for a single seed. If the same config
+and seed appear twice (a re-run), only the newest run counts (``superseded`` in ``runs.csv``);
+cells that average runs of different configs are named in README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import yaml
+from omegaconf import OmegaConf
+
+from rdprune.errors import UserError
+from rdprune.published import DISPLAY, TOLERANCE_PP, match
+
+log = logging.getLogger(__name__)
+
+GROUP = ["model", "dataset", "schedule", "finetune"]  # one baseline table per group
+CELL = [*GROUP, "label", "target"]  # one cell: a method (label) at a target sparsity (%)
+METHOD_ORDER = ["ours", "lamp", "global_magnitude", "erk", "uniform_plus", "uniform"]
+SKIP = {".hydra", "wandb", ".submitit", "__pycache__", ".cache", ".git"}
+MISSING, NA = "missing", "–"
+#: config keys that do not change a run's result beyond its cell and seed (left out of config_id)
+VOLATILE = ("seed", "name", "sparsity", "paths", "device", "threads", "logger", "launcher",
+            "hydra", "dataset.root", "dataset.num_workers", "dataset.eval_batch_size",
+            "dataset.download")
+
+
+@dataclass
+class Table:
+    """A rendered table: display strings, the numbers behind them (the CSV) and notes."""
+
+    title: str
+    cells: pd.DataFrame  # display strings; the first ``left`` columns are text (left-aligned)
+    data: pd.DataFrame  # tidy numbers, written as CSV
+    bold: set[tuple[int, str]] = field(default_factory=set)  # (row position, column)
+    notes: list[str] = field(default_factory=list)
+    left: int = 1
+    key: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# collecting run directories
+
+
+def _scan(dirs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path], list[Path]]:
+    """Complete runs, failed/incomplete job dirs and additivity.csv files below ``dirs``."""
+    runs, failed, additivity, seen = [], [], [], set()
+    for d in dirs:
+        root = Path(d)
+        if not root.is_dir():
+            raise UserError(f"not a directory: {root} (give run or sweep directories)")
+        for dirpath, dirnames, filenames in os.walk(root):
+            here = Path(dirpath)
+            has_hydra = ".hydra" in dirnames
+            dirnames[:] = sorted(n for n in dirnames if n not in SKIP)
+            if here.resolve() in seen:
+                continue
+            seen.add(here.resolve())
+            if "additivity.csv" in filenames:
+                additivity.append(here / "additivity.csv")
+            if "metrics.json" in filenames:
+                runs.append(here)
+            # an experiment script's Hydra dir (additivity.csv, no metrics.json) is not a failed job
+            elif "FAILED" in filenames or (has_hydra and "additivity.csv" not in filenames):
+                failed.append(here)
+    return runs, failed, additivity
+
+
+#: cell field -> (key in the job's config, override name); the config wins, overrides fill in
+FIELDS = {"model": ("model_name", "model"), "dataset": ("dataset.name", "dataset"),
+          "method": ("method.name", "method"), "schedule": ("schedule.name", "schedule"),
+          "finetune": ("finetune.name", "finetune"), "target_sparsity": ("sparsity",) * 2,
+          "seed": ("seed",) * 2, "experiment": ("name",) * 2,
+          "calibration": ("method.calibration",) * 2, "reduction": ("method.reduction",) * 2,
+          "budget": ("method.budget",) * 2}
+
+
+def _job(path: Path) -> tuple[dict[str, Any], list[str], str]:
+    """Cell fields, overrides and config_id of a job dir (its config.yaml, else Hydra's)."""
+    ov_file = path / ".hydra" / "overrides.yaml"
+    overrides = [str(o) for o in (yaml.safe_load(ov_file.read_text()) or [])] \
+        if ov_file.is_file() else []
+    given = {}
+    for o in overrides:
+        if "=" in o:
+            k, v = o.split("=", 1)
+            try:
+                given[k.lstrip("+~")] = yaml.safe_load(v)
+            except yaml.YAMLError:
+                given[k.lstrip("+~")] = v
+    cfg = None
+    for p in (path / "config.yaml", path / ".hydra" / "config.yaml"):
+        try:
+            cfg = OmegaConf.load(p) if p.is_file() else None
+        except Exception as e:  # noqa: BLE001 - one broken config must not stop the report
+            log.warning("unreadable %s: %s", p, e)
+        if cfg is not None:
+            break
+    fields = {}
+    for name, (key, override) in FIELDS.items():
+        value = None
+        if cfg is not None:  # unresolvable interpolations (${hydra:...}) read as None
+            value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        fields[name] = given.get(override) if value is None else value
+    config_id = ""
+    if cfg is not None:
+        flat = pd.json_normalize(OmegaConf.to_container(cfg, resolve=False)).iloc[0].to_dict()
+        kept = {k: str(v) for k, v in flat.items()
+                if not any(k == x or k.startswith(x + ".") for x in VOLATILE)}
+        config_id = hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:8]
+    return fields, overrides, config_id
+
+
+def _variant(calibration: Any, reduction: Any, budget: Any) -> str:
+    """Non-default settings of the rate-distortion method, as a short label."""
+    parts = []
+    if calibration == "synthetic":
+        parts.append("zero-data")
+    if reduction == "mean":
+        parts.append("mean distortion")
+    if budget == "flops":
+        parts.append("FLOPs budget")
+    return ", ".join(parts)
+
+
+def _cell_fields(fields: dict[str, Any], variant: str) -> dict[str, Any]:
+    method = fields.get("method")
+    s = fields.get("target_sparsity")
+    return {
+        "variant": variant,
+        "label": f"{method} ({variant})" if variant else method,
+        "target": round(100 * float(s), 4) if isinstance(s, (int, float)) else np.nan,
+    }
+
+
+def collect(dirs: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Load every run below ``dirs``.
+
+    Returns:
+        ``(runs, failed)``: one row per complete run (metrics.json fields, ``target`` = target
+        sparsity in %, ``label`` = method plus non-default variant, ``config_id`` = digest of the
+        config without seed/paths/name, ``superseded`` = an older run of the same config_id,
+        cell and seed, ``run_dir``, ``overrides``); and one
+        dict per failed or incomplete job (``path``, ``status``, ``message``, ``overrides`` and
+        its cell fields where the config tells them).
+    """
+    run_dirs, bad_dirs, _ = _scan(dirs)
+    rows, failed = [], []
+    for path in bad_dirs:
+        fields, overrides, _ = _job(path)
+        fail = path / "FAILED"
+        if fail.is_file():
+            lines = [ln.strip() for ln in fail.read_text(errors="replace").splitlines()]
+            status, message = "failed", next((ln for ln in lines if ln), "(empty FAILED file)")
+        else:
+            status, message = "incomplete", "no metrics.json and no FAILED (killed or running)"
+        variant = _variant(fields.pop("calibration"), fields.pop("reduction"),
+                           fields.pop("budget"))
+        failed.append({"path": str(path), "status": status, "message": message,
+                       "overrides": overrides, **fields, **_cell_fields(fields, variant)})
+    for path in run_dirs:
+        fields, overrides, config_id = _job(path)
+        try:
+            metrics = json.loads((path / "metrics.json").read_text())
+        except (OSError, ValueError) as e:
+            failed.append({"path": str(path), "status": "failed", "overrides": overrides,
+                           "message": f"unreadable metrics.json: {e}", **fields})
+            continue
+        row: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+        for k, v in metrics.items():
+            if isinstance(v, (str, int, float, bool)) or v is None:
+                row[k] = v
+            elif k == "seconds" and isinstance(v, dict):
+                row.update({f"seconds_{s}": t for s, t in v.items()})
+            elif k == "rounds" and isinstance(v, list):
+                row["num_rounds"] = len(v)
+        variant = _variant(fields["calibration"], fields["reduction"],
+                           metrics.get("budget_type", fields["budget"]))
+        row.update(_cell_fields(row, variant))
+        row.update(run_dir=str(path), overrides=" ".join(overrides), config_id=config_id,
+                   has_layers=(path / "layers.csv").is_file(),
+                   has_curves=(path / "rd_curves.npz").is_file(),
+                   mtime=(path / "metrics.json").stat().st_mtime)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df, failed
+    for c in GROUP + ["method", "experiment"]:
+        df[c] = df[c].fillna("unknown").astype(str) if c in df else "unknown"
+    df["label"] = df["label"].fillna(df["method"])
+    for d in df.loc[df["target"].isna(), "run_dir"]:
+        log.warning("%s: no target sparsity in metrics.json or config; left out of tables", d)
+    df = df.drop(columns=[c for c in ("calibration", "reduction", "budget") if c in df])
+    # a re-run of the same config and seed supersedes the older; different configs in one cell
+    # are both kept (and flagged in README.md)
+    newest = df.sort_values("mtime").groupby(CELL + ["seed", "config_id"], dropna=False) \
+        .tail(1).index
+    df["superseded"] = ~df.index.isin(newest)
+    # config columns first: what W&B tables and spreadsheets group by
+    front = [c for c in [*CELL, "method", "variant", "seed", "experiment", "target_sparsity",
+                         "achieved_sparsity", "top1", "dense_top1"] if c in df]
+    df = df[front + [c for c in df.columns if c not in front]]
+    return df.sort_values(CELL + ["seed"], key=_sort_key).reset_index(drop=True), failed
+
+
+def method_rank(label: str) -> tuple[int, str]:
+    """Sort key of a method label: the paper's method first, then the baselines, then others."""
+    base = str(label).split(" (")[0]
+    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), str(label))
+
+
+def _sort_key(col: pd.Series) -> pd.Series:
+    return col.map(method_rank) if col.name == "label" else col
+
+
+def _complete(df: pd.DataFrame) -> pd.DataFrame:
+    return df[~df["superseded"]] if "superseded" in df else df
+
+
+def collect_additivity(dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """All additivity.csv files below ``dirs`` in one frame (``source`` = the file)."""
+    frames = [pd.read_csv(p).assign(source=str(p)) for p in _scan(dirs)[2]]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_layers(df: pd.DataFrame) -> pd.DataFrame:
+    """layers.csv of every (non-superseded) run, long, with the run's cell fields and seed."""
+    frames = []
+    for _, r in _complete(df).iterrows():
+        if r.get("has_layers"):
+            t = pd.read_csv(Path(r["run_dir"]) / "layers.csv")
+            t["position"] = range(len(t))
+            frames.append(t.assign(**{c: r[c] for c in CELL + ["seed", "run_dir"]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# --------------------------------------------------------------------------------------------
+# tables
+
+
+def pm(mean: float, std: float, n: int, digits: int = 2) -> str:
+    """``mean ± std`` (std shown only for n >= 2); ``missing`` when there is no value."""
+    if n == 0 or pd.isna(mean):
+        return MISSING
+    if n >= 2 and not pd.isna(std):
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}"
+
+
+def pct(target: float) -> str:
+    """A target sparsity in percent as a column label: 90 -> '90%', 98.847 -> '98.85%'."""
+    return f"{round(float(target), 2):g}%"
+
+
+def _display(name: str) -> str:
+    return DISPLAY.get(name, name)
+
+
+def _num(x: Any, fmt: str) -> str:
+    return NA if x is None or pd.isna(x) else format(x, fmt)
+
+
+def paper_table(df: pd.DataFrame, failed: Iterable[dict[str, Any]] = ()) -> Table:
+    """The paper's layout, one row per cell, with the published numbers beside where they exist."""
+    runs = _complete(df)
+    nfail = pd.Series([tuple(f.get(c) for c in CELL) for f in failed], dtype=object).value_counts()
+    data, cells = [], []
+    for key, g in runs.groupby(CELL, sort=False):
+        cell = dict(zip(CELL, key))
+        top1 = g["top1"].dropna()
+        n, mean, std = len(top1), top1.mean(), top1.std(ddof=1)
+        dense = g["dense_top1"].mean()
+        pub = match(cell["model"], cell["dataset"], cell["schedule"], cell["target"],
+                    g["method"].iloc[0], g["variant"].iloc[0])
+        k_fail = int(nfail.get(key, 0))
+        row = {**cell, "method": g["method"].iloc[0], "variant": g["variant"].iloc[0],
+               "sparsity": 100 * g["achieved_sparsity"].mean(),
+               "flops_remaining": g["flops_remaining"].mean(), "top1_mean": mean,
+               "top1_std": std, "seeds": n, "failed": k_fail, "dense_top1": dense,
+               "diff": mean - dense}
+        for f in ("sparsity", "flops", "top1", "top1_std", "dense", "diff"):
+            row[f"paper_{f}"] = getattr(pub, f) if pub else None
+        data.append(row)
+        cells.append({
+            "Model": _display(cell["model"]), "Dataset": _display(cell["dataset"]),
+            "Method": cell["label"], "Schedule": cell["schedule"], "Fine-tune": cell["finetune"],
+            "Sparsity (%)": _num(row["sparsity"], ".2f"),
+            "FLOPs remained (%)": _num(row["flops_remaining"], ".2f"),
+            "Top-1": pm(mean, std, n), "Dense": _num(dense, ".2f"),
+            "diff": _num(row["diff"], "+.2f"),
+            "Seeds": f"{n}" + (f" ({k_fail} failed)" if k_fail else ""),
+            "Paper sparsity (%)": _num(row["paper_sparsity"], "g"),
+            "Paper FLOPs (%)": _num(row["paper_flops"], "g"),
+            "Paper Top-1": (pm(pub.top1, pub.top1_std or np.nan, 2 if pub.top1_std else 1)
+                            if pub else NA),
+            "Paper dense": _num(row["paper_dense"], ".2f"),
+            "Paper diff": _num(row["paper_diff"], "+.2f"),
+        })
+    notes = [
+        "Top-1: test accuracy (%) after the last round, mean ± std over seeds (std with ddof=1; "
+        "a single seed shows no ±); Seeds = n. Sparsity: achieved, mean over seeds. "
+        "diff = mean top-1 - mean dense top-1.",
+        "Paper columns: official README of Xu et al. (ICCV 2023), method ours, matched by model, "
+        f"dataset, schedule and target sparsity within {TOLERANCE_PP} pp; {NA} = none published.",
+    ]
+    return Table("Top-1 after pruning (paper layout)", pd.DataFrame(cells), pd.DataFrame(data),
+                 notes=notes, left=5, key="paper_table")
+
+
+#: metric -> (description, higher is better, mean formatter, with ± std)
+METRICS = {
+    "top1": ("Top-1 (%) on the test set after the last round", True, "{:.2f}", True),
+    "pruned_top1": ("Top-1 (%) right after pruning, before fine-tuning", True, "{:.2f}", True),
+    "joint_distortion_worst": ("Joint output distortion of the last pruning round on the "
+                               "calibration set (worst case: max per-sample MSE of the logits, "
+                               "before fine-tuning), mean over seeds", False, "{:.3g}", False),
+    "joint_distortion_mean": ("Joint output distortion of the last pruning round on the "
+                              "calibration set (mean MSE of the logits, before fine-tuning), "
+                              "mean over seeds", False, "{:.3g}", False),
+}
+
+
+def baseline_table(df: pd.DataFrame, metric: str = "top1",
+                   failed: Iterable[dict[str, Any]] = ()) -> dict[str, Table]:
+    """Methods x target sparsities, one table per (model, dataset, schedule, fine-tune) group.
+
+    A cell no completed run fills (the method lacks that sparsity, or its jobs failed) reads
+    ``missing``; the best value per column (of at least two) is bold.
+
+    Returns:
+        ``{group slug: Table}``, e.g. ``{"resnet32_digits_oneshot_adamw": ...}``.
+    """
+    what, higher, fmt, with_std = METRICS.get(metric, (metric, True, "{:.4g}", True))
+    runs = _complete(df)
+    failed = [f for f in failed if all(f.get(c) is not None and not pd.isna(f.get(c))
+                                       for c in CELL)]
+    keys = pd.DataFrame([{c: f[c] for c in CELL} for f in failed], columns=CELL)
+    if not runs.empty:
+        keys = pd.concat([runs[CELL], keys], ignore_index=True)
+    out = {}
+    for gkey, g in keys.groupby(GROUP, sort=True):
+        slug = "_".join(str(k) for k in gkey)
+        sel = runs[(runs[GROUP] == pd.Series(gkey, index=GROUP)).all(axis=1)] if len(runs) else runs
+        stats = sel.groupby(["label", "target"])[metric].agg(["mean", "std", "count"]) \
+            if len(sel) else pd.DataFrame(columns=["mean", "std", "count"])
+        labels = sorted(g["label"].unique(), key=method_rank)
+        targets = sorted(g["target"].unique())
+        data, cells, bold, seeds, missing, failures = [], [], set(), {}, [], []
+        for i, lab in enumerate(labels):
+            cells.append({"Method": lab})
+            for t in targets:
+                m, s, n = (stats.loc[(lab, t)] if (lab, t) in stats.index else (np.nan, np.nan, 0))
+                n = int(n)
+                k_fail = sum(1 for f in failed if tuple(f[c] for c in CELL) == (*gkey, lab, t))
+                data.append({**dict(zip(GROUP, gkey)), "method": lab, "target_sparsity": t,
+                             "metric": metric, "mean": m, "std": s, "seeds": n,
+                             "failed": k_fail})
+                if k_fail:
+                    failures.append(f"{lab} @ {pct(t)} ({k_fail})")
+                if n == 0:
+                    cells[-1][pct(t)] = MISSING
+                    missing.append(f"{lab} @ {pct(t)}")
+                else:
+                    cells[-1][pct(t)] = (pm(m, s, n, 2) if with_std else fmt.format(m))
+                    seeds[(lab, t)] = n
+        table = pd.DataFrame(cells, columns=["Method", *map(pct, targets)])
+        data = pd.DataFrame(data)
+        for t in targets:
+            col = data[(data.target_sparsity == t) & (data.seeds > 0)]
+            if len(col) >= 2:
+                shown = col["mean"].map(lambda v: float(fmt.format(v)))
+                best = shown.max() if higher else shown.min()
+                for lab in col.loc[shown == best, "method"]:
+                    bold.add((labels.index(lab), pct(t)))
+        data["best"] = [(labels.index(r.method), pct(r.target_sparsity)) in bold
+                        for r in data.itertuples()]
+        counts = sorted(set(seeds.values()))
+        common = max(counts, key=list(seeds.values()).count) if counts else 0
+        notes = [f"{what}" + (", mean ± std over seeds (ddof=1; one seed: no ±)" if with_std
+                              else "") + f"; {'higher' if higher else 'lower'} is better, "
+                 "best per column in bold.",
+                 f"Seeds per cell: n={common}" + "".join(
+                     f"; {lab} @ {pct(t)}: n={n}" for (lab, t), n in seeds.items() if n != common)
+                 + "."]
+        if missing:
+            notes.append(f"{MISSING}: no completed run for " + ", ".join(missing) + ".")
+        if failures:
+            notes.append("Failed or incomplete jobs (see failed.md): " + ", ".join(failures) + ".")
+        title = " / ".join(str(k) for k in gkey)
+        out[slug] = Table(title, table, data, bold, notes, left=1, key=slug)
+    return out
+
+
+def layer_table(df: pd.DataFrame, layers: pd.DataFrame | None = None) -> dict[str, Table]:
+    """Per-layer sparsity (%) by method: rows = layers in model order, columns = methods.
+
+    One table per (model, dataset, schedule, fine-tune, target sparsity); values are means over
+    seeds; the last row is the whole model.
+    """
+    layers = load_layers(df) if layers is None else layers
+    out: dict[str, Table] = {}
+    if layers.empty:
+        return out
+    for key, g in layers.groupby(GROUP + ["target"], sort=True):
+        first = g[g.run_dir == g.run_dir.iloc[0]].sort_values("position")
+        labels = sorted(g["label"].unique(), key=method_rank)
+        mean = g.groupby(["name", "label"])["sparsity"].mean().unstack("label") * 100
+        per_run = g.groupby(["label", "run_dir"])[["kept", "weights"]].sum()
+        total = (100 * (1 - per_run.kept / per_run.weights)).groupby("label").mean()
+        cells = first[["name", "type", "shape", "weights"]].rename(columns=str.title)
+        cells = cells.rename(columns={"Name": "Layer"}).astype(str).reset_index(drop=True)
+        for lab in labels:
+            cells[lab] = [_num(mean.loc[n, lab], ".2f") for n in first["name"]]
+        cells.loc[len(cells)] = ["all layers", "", "", str(int(first["weights"].sum())),
+                                 *[_num(total[lab], ".2f") for lab in labels]]
+        data = g.groupby(["position", "name", "type", "shape", "weights", "label"])["sparsity"] \
+            .agg(["mean", "count"]).reset_index().rename(columns={"mean": "sparsity",
+                                                                  "count": "seeds"})
+        data = data.assign(**dict(zip(GROUP + ["target_sparsity"], key)))
+        slug = "_".join(str(k) for k in key[:-1]) + f"_s{key[-1]:g}"
+        title = " / ".join(str(k) for k in key[:-1]) + f" @ {pct(key[-1])}"
+        out[slug] = Table(title, cells, data, notes=[
+            "Sparsity (%) of each prunable layer (weights removed), mean over seeds; "
+            "last row: all prunable weights."], left=3, key=slug)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# rendering
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+        "±": r"$\pm$", "–": "--", "≥": r"$\geq$", "×": r"$\times$"}
+
+
+def tex_escape(text: Any) -> str:
+    """LaTeX-safe text: special characters escaped, ± as $\\pm$."""
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
+def to_markdown(t: Table, level: int = 2) -> str:
+    """A Markdown section: heading, pipe table (bold as **x**), notes."""
+    esc = lambda s: str(s).replace("|", r"\|")  # noqa: E731
+    cols = list(t.cells.columns)
+    lines = [f"{'#' * level} {t.title}", "", "| " + " | ".join(map(esc, cols)) + " |",
+             "|" + "|".join("---" if j < t.left else "---:" for j in range(len(cols))) + "|"]
+    for i, row in enumerate(t.cells.itertuples(index=False)):
+        vals = [f"**{esc(v)}**" if (i, c) in t.bold else esc(v) for c, v in zip(cols, row)]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines + [""] + [f"{n}  " for n in t.notes]).rstrip() + "\n"
+
+
+def to_latex(t: Table) -> str:
+    """A booktabs table environment (bold as \\textbf{}), notes below the tabular."""
+    cols = list(t.cells.columns)
+    spec = "l" * t.left + "r" * (len(cols) - t.left)
+    lines = [r"\begin{table}[htbp]", r"\centering", r"\small",
+             rf"\caption{{{tex_escape(t.title)}}}", rf"\label{{tab:{t.key}}}",
+             rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+             " & ".join(tex_escape(c) for c in cols) + r" \\", r"\midrule"]
+    for i, row in enumerate(t.cells.itertuples(index=False)):
+        vals = [rf"\textbf{{{tex_escape(v)}}}" if (i, c) in t.bold else tex_escape(v)
+                for c, v in zip(cols, row)]
+        lines.append(" & ".join(vals) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [r"\par\smallskip{\footnotesize " + tex_escape(n) + "}" for n in t.notes]
+    return "\n".join(lines + [r"\end{table}", ""])
+
+
+def write_tables(out: Path, name: str, tables: list[Table], heading: str) -> list[str]:
+    """``name``.md/.tex/.csv holding ``tables`` (one section each); returns the file names."""
+    if not tables:
+        return []
+    md = f"# {heading}\n\n" + "\n".join(to_markdown(t) for t in tables)
+    (out / f"{name}.md").write_text(md)
+    (out / f"{name}.tex").write_text("\n".join(to_latex(t) for t in tables))
+    pd.concat([t.data for t in tables], ignore_index=True).to_csv(out / f"{name}.csv",
+                                                                 index=False)
+    return [f"{name}.md", f"{name}.tex", f"{name}.csv"]
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+
+
+def rel(path: str | os.PathLike) -> str:
+    """``path`` relative to the working directory when below it (portable committed reports)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
+def write_failed(out: Path, failed: list[dict[str, Any]]) -> None:
+    """failed.md: each failed or incomplete job with its overrides and error message."""
+    lines = ["# Failed and incomplete jobs", ""]
+    if not failed:
+        lines.append("None: every job found has a metrics.json.")
+    for f in failed:
+        ov = " ".join(f.get("overrides") or []) or "(no overrides)"
+        lines.append(f"- **{f['status']}** `{rel(f['path'])}`  \n  overrides: `{ov}`  \n"
+                     f"  message: {f['message']}")
+    (out / "failed.md").write_text("\n".join(lines) + "\n")
+
+
+def log_wandb(out: Path, runs: pd.DataFrame, tables: dict[str, pd.DataFrame],
+              images: list[Path], project: str, group: str | None, command: str) -> None:
+    """Log the tables (and figures) into one W&B run, job_type "report", in the sweep's group.
+
+    The mode follows ``WANDB_MODE``; unset and without credentials it is offline.
+    """
+    import wandb
+
+    from rdprune.loggers import wandb_has_credentials
+
+    mode = os.environ.get("WANDB_MODE") or (None if wandb_has_credentials() else "offline")
+    if group is None and "experiment" in runs:
+        group = "+".join(sorted(runs["experiment"].dropna().astype(str).unique())) or None
+    run = wandb.init(project=project, group=group, job_type="report", dir=str(out), mode=mode,
+                     config={"command": command, "runs": len(runs)}, reinit="finish_previous")
+    try:
+        logged: dict[str, Any] = {}
+        for name, t in tables.items():
+            nested = [c for c in t.columns if t[c].map(lambda v: isinstance(v, (list, dict))).any()]
+            t = t.drop(columns=nested)
+            t = t.astype(object).where(t.notna(), None)
+            logged[name] = wandb.Table(columns=[str(c) for c in t.columns], data=t.values.tolist())
+        logged.update({f"figures/{p.stem}": wandb.Image(str(p)) for p in images})
+        run.log(logged)  # one step: every table and figure side by side
+    finally:
+        run.finish()
+
+
+def write_report(dirs: Iterable[str | os.PathLike], out: str | os.PathLike, wandb: bool = False,
+                 project: str = "rdprune", group: str | None = None,
+                 command: str | None = None) -> dict[str, Any]:
+    """Collect the runs below ``dirs`` and write every table, figure and README.md into ``out``.
+
+    Returns:
+        ``{"runs", "failed", "files"}``: the runs DataFrame, the failed jobs, the file names.
+    """
+    from rdprune import plots
+
+    dirs = [str(d) for d in dirs]
+    runs, failed = collect(dirs)
+    additivity = collect_additivity(dirs)
+    if runs.empty and not failed and additivity.empty:
+        raise UserError(f"no run directories (metrics.json or .hydra/) found under {dirs}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[str] = []
+    if not runs.empty:
+        runs.to_csv(out / "runs.csv", index=False)
+        files.append("runs.csv")
+        paper = paper_table(runs, failed)
+        files += write_tables(out, "paper_table", [paper], "Reproduced vs published")
+        base = {m: baseline_table(runs, m, failed) for m in
+                ("top1", "joint_distortion_worst", "joint_distortion_mean")}
+        names = {"top1": "baselines", "joint_distortion_worst": "baselines_distortion",
+                 "joint_distortion_mean": "baselines_distortion_mean"}
+        for m, tabs in base.items():
+            files += write_tables(out, names[m], list(tabs.values()), f"Baselines: {m}")
+        layers = load_layers(runs)
+        files += write_tables(out, "layer_sparsity", list(layer_table(runs, layers).values()),
+                              "Per-layer sparsity (%) by method")
+        files += plots.top1_vs_sparsity(_complete(runs), out)
+        files += plots.layer_sparsity(layers, out)
+        files += plots.rd_curves(_complete(runs), out)
+    if not additivity.empty:
+        add = additivity_table(additivity)
+        files += write_tables(out, "additivity", [add], "Additivity of layer distortions")
+        files += plots.additivity(additivity, out)
+    write_failed(out, failed)
+    files.append("failed.md")
+    if command is None:
+        command = ("python -c 'from rdprune.report import write_report; "
+                   f"write_report({dirs!r}, {str(out)!r})'")
+    n_sup = int(runs["superseded"].sum()) if not runs.empty else 0
+    summary = (f"{len(runs) - n_sup} runs, {len(failed)} failed "
+               f"({sum(f['status'] == 'incomplete' for f in failed)} of them incomplete)"
+               + (f", {n_sup} superseded duplicates ignored" if n_sup else ""))
+    mixed = []
+    if not runs.empty and "config_id" in runs:
+        ids = _complete(runs).groupby(CELL)["config_id"].nunique()
+        mixed = [" / ".join(map(str, k)) for k, v in ids.items() if v > 1]
+        if mixed:
+            log.warning("cells mixing different configs (see README.md): %s", "; ".join(mixed))
+    write_readme(out, command, dirs, summary, files, mixed)
+    if wandb:
+        tables = {"runs": runs}
+        if not runs.empty:
+            tables.update(paper_table=paper.data, layer_sparsity=layers,
+                          **{names[m]: pd.concat([t.data for t in tabs.values()])
+                             for m, tabs in base.items() if tabs})
+        if failed:
+            tables["failed"] = pd.DataFrame(failed).assign(
+                overrides=[" ".join(f.get("overrides") or []) for f in failed])
+        if not additivity.empty:
+            tables["additivity"] = additivity
+        log_wandb(out, runs, tables, [out / f for f in files if f.endswith(".png")],
+                  project, group, command)
+    print(f"report: {summary} -> {rel(out)}", flush=True)
+    return {"runs": runs, "failed": failed, "files": files}
+
+
+def additivity_table(add: pd.DataFrame) -> Table:
+    """Per kind and sparsity: subsets measured and the joint / sum-of-singles ratio."""
+    add = add.assign(ratio=add["joint"] / add["sum_single"])
+    data = add.groupby(["kind", "sparsity"])["ratio"].agg(
+        subsets="count", median="median", min="min", max="max").reset_index()
+    cells = pd.DataFrame({"Kind": data["kind"].astype(str),
+                          "Sparsity": data["sparsity"].map(lambda s: f"{s:g}"),
+                          "Subsets": data["subsets"].astype(str),
+                          "Median joint / sum": data["median"].map(lambda v: f"{v:.3f}"),
+                          "Range": [f"{a:.3f}–{b:.3f}" for a, b in zip(data["min"], data["max"])]})
+    return Table("Joint distortion vs sum of single-layer distortions", cells, data, notes=[
+        "Ratio 1 = exactly additive. Sparsity as written in additivity.csv."], left=2,
+        key="additivity")
+
+
+DESCRIPTIONS = {
+    "runs": "one row per run (metrics.json fields, run_dir, overrides, superseded)",
+    "paper_table": "the paper's layout, mean ± std over seeds, published numbers beside",
+    "baselines": "top-1 per method x target sparsity, per model/dataset/schedule/fine-tune",
+    "baselines_distortion": "the same with the joint distortion (worst case), lower is better",
+    "baselines_distortion_mean": "the same with the joint distortion (mean MSE)",
+    "layer_sparsity": "per-layer sparsity (%) by method",
+    "additivity": "joint vs summed single-layer distortions",
+    "top1_vs_sparsity": "top-1 vs target sparsity per method, dense as a dashed line",
+    "rd_curves": "per-layer rate-distortion curves, chosen sparsities marked",
+    "failed": "failed and incomplete jobs with overrides and messages",
+}
+
+
+def write_readme(out: Path, command: str, dirs: list[str], summary: str, files: list[str],
+                 mixed: list[str]) -> None:
+    """README.md: how the folder was made and what each file holds."""
+    lines = [f"# Report: {out.name}", "", "Made by:", "", f"    {command}", "",
+             f"Input: {', '.join(rel(d) for d in dirs)}: {summary}.", "",
+             "| File | Contents |", "|---|---|"]
+    for f in files + ["README.md"]:
+        stem = Path(f).stem
+        desc = next((d for k, d in sorted(DESCRIPTIONS.items(), key=lambda kv: -len(kv[0]))
+                     if stem == k or stem.startswith(k + "_")), "this file")
+        lines.append(f"| `{f}` | {desc} |")
+    if mixed:
+        lines += ["", "Warning: these cells average runs whose configs differ beyond the seed "
+                  "(see config_id in runs.csv): " + "; ".join(mixed)]
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m rdprune.report RUN_DIRS... --out DIR [--wandb]``."""
+    p = argparse.ArgumentParser(prog="python -m rdprune.report", description=__doc__.split("\n")[0])
+    p.add_argument("dirs", nargs="+", help="run, sweep or log directories (searched recursively)")
+    p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--wandb", action="store_true", help="also log the tables to W&B")
+    p.add_argument("--wandb-project", default="rdprune", help="W&B project")
+    p.add_argument("--group", default=None, help="W&B group (default: the runs' experiment)")
+    args = p.parse_args(argv)
+    command = "python -m rdprune.report " + shlex.join(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        write_report(args.dirs, args.out, wandb=args.wandb, project=args.wandb_project,
+                     group=args.group, command=command)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

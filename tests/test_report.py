@@ -1,0 +1,249 @@
+"""The report on a fixture of fake run directories with known numbers: exact table contents."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from rdprune import report
+
+LAYERS = [("conv1", "Conv2d", (16, 3, 3, 3)), ("layer1.conv", "Conv2d", (16, 16, 3, 3)),
+          ("layer2.conv", "Conv2d", (32, 16, 3, 3)), ("fc", "Linear", (10, 32))]
+SIZES = [int(np.prod(s)) for _, _, s in LAYERS]  # 432, 2304, 4608, 320
+#: kept weights per layer by method (digits, 90%): ours keeps conv1 half, lamp a quarter
+KEPT = {"ours": [216, 230, 230, 160], "lamp": [108, 230, 322, 80],
+        "global_magnitude": [432, 230, 230, 80]}
+
+
+def _job_dir(path, overrides, config):
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def _config(model, dataset, method, schedule, sparsity, seed, name="sweep"):
+    return {"name": name, "model_name": model, "sparsity": sparsity, "seed": seed,
+            "dataset": {"name": dataset}, "method": {"name": method},
+            "schedule": {"name": schedule}, "finetune": {"name": "adamw", "steps": 150}}
+
+
+def make_run(path, *, method, sparsity, seed, top1, dense, model="resnet32", dataset="digits",
+             schedule="oneshot", distortion=0.1, achieved=None, flops=10.0, curves=False,
+             experiment="sweep"):
+    """A complete fake run: .hydra/, metrics.json, layers.csv (and rd_curves.npz)."""
+    overrides = [f"method={method}", f"sparsity={sparsity}", f"seed={seed}"]
+    _job_dir(path, overrides, _config(model, dataset, method, schedule, sparsity, seed, experiment))
+    kept = KEPT.get(method, [max(1, round(n * (1 - sparsity))) for n in SIZES])
+    rows = ["name,type,shape,weights,kept,sparsity,dense_macs"]
+    for (name, kind, shape), n, k in zip(LAYERS, SIZES, kept):
+        rows.append(f"{name},{kind},{'x'.join(map(str, shape))},{n},{k},{1 - k / n},{n * 64}")
+    (path / "layers.csv").write_text("\n".join(rows) + "\n")
+    metrics = {
+        "model": model, "dataset": dataset, "method": method, "schedule": schedule,
+        "finetune": "adamw", "experiment": experiment, "seed": seed, "target_sparsity": sparsity,
+        "achieved_sparsity": sparsity if achieved is None else achieved, "flops_remaining": flops,
+        "dense_top1": dense, "pruned_top1": top1 - 20, "top1": top1,
+        "joint_distortion_mean": distortion / 10, "joint_distortion_worst": distortion,
+        "num_layers": 4, "num_weights": sum(SIZES), "kept_weights": sum(kept),
+        "rounds": [{"round": 1}], "seconds": {"dense": 1.0, "allocate": 0.5}, "wall_seconds": 3.0,
+        "some_future_key": "ignored gracefully", "nested_future": {"a": 1},
+    }
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    if curves:
+        grid = np.linspace(0, 1, 11)
+        curve = np.array([grid ** 2 * (i + 1) for i in range(4)])
+        np.savez(path / "rd_curves.npz", curves=curve, grid=grid,
+                 layers=np.array([n for n, _, _ in LAYERS]), chosen=np.array(kept) / SIZES)
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory):
+    """Fake logs: a digits sweep (3 methods x 2 sparsities x seeds, one failed, one incomplete,
+    one method missing 90%, an older duplicate) and two CIFAR-10 iterative runs."""
+    root = tmp_path_factory.mktemp("logs")
+    sweep = root / "sweep" / "multiruns" / "2024-01-01_00-00-00"
+    sweep.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+    top1 = {("ours", 0.5): [95.0, 96.0], ("ours", 0.9): [90.0, 91.0, 92.0],
+            ("lamp", 0.5): [96.0, 97.0, 98.0], ("lamp", 0.9): [88.0, 89.0],
+            ("global_magnitude", 0.5): [94.25]}
+    worst = {("ours", 0.9): [0.1, 0.2, 0.3], ("lamp", 0.9): [0.5, 0.7]}
+    job = 0
+    for (method, s), values in top1.items():
+        for seed, v in enumerate(values):
+            d = worst.get((method, s), [1.0] * 3)[seed]
+            make_run(sweep / f"{job}_method={method},seed={seed},sparsity={s}", method=method,
+                     sparsity=s, seed=seed, top1=v, dense=97.5, distortion=d)
+            job += 1
+    failed = sweep / f"{job}_method=lamp,seed=2,sparsity=0.9"
+    _job_dir(failed, ["method=lamp", "sparsity=0.9", "seed=2"],
+             _config("resnet32", "digits", "lamp", "oneshot", 0.9, 2))
+    (failed / "FAILED").write_text("RuntimeError: out of memory while profiling\n")
+    _job_dir(sweep / f"{job + 1}_method=ours,seed=2,sparsity=0.5",
+             ["method=ours", "sparsity=0.5", "seed=2"],
+             _config("resnet32", "digits", "ours", "oneshot", 0.5, 2))
+    # an older re-run of ours@90% seed 0 with a different result: superseded by the sweep's
+    old = root / "sweep" / "runs" / "old"
+    make_run(old, method="ours", sparsity=0.9, seed=0, top1=10.0, dense=97.5)
+    os.utime(old / "metrics.json", (1e9, 1e9))
+    for seed, v in enumerate([90.5, 91.1]):
+        make_run(root / "cifar" / "runs" / f"seed{seed}", method="ours", sparsity=0.95602,
+                 seed=seed, top1=v, dense=94.0, model="resnet32", dataset="cifar10",
+                 schedule="iterative", achieved=0.956, flops=3.5, curves=True,
+                 experiment="cifar")
+    add = root / "additivity" / "2024-01-02"
+    _job_dir(add, [], {"name": "additivity"})
+    (add / "additivity.csv").write_text(
+        "kind,layers,sparsity,sum_single,joint\n"
+        "consecutive,conv1+layer1.conv,0.1,0.001,0.0011\n"
+        "consecutive,conv1+layer1.conv,0.5,0.02,0.019\n"
+        "consecutive,layer1.conv+layer2.conv,0.8,0.5,0.55\n")
+    return root
+
+
+def lines_of(markdown: str, title: str) -> list[str]:
+    """The table lines of the Markdown section ``title``."""
+    section = markdown.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return [ln for ln in section.splitlines() if ln.startswith("|")]
+
+
+def test_collect_counts_runs_failed_incomplete_and_duplicates(logs):
+    runs, failed = report.collect([logs])
+    assert len(runs) == 14 and runs["superseded"].sum() == 1
+    assert runs.loc[runs.superseded, "top1"].tolist() == [10.0]
+    assert {"some_future_key", "seconds_dense", "num_rounds"} <= set(runs.columns)
+    assert sorted((f["status"], f["method"], f["target"], f["seed"]) for f in failed) == [
+        ("failed", "lamp", 90.0, 2), ("incomplete", "ours", 50.0, 2)]
+    msg = next(f for f in failed if f["status"] == "failed")
+    assert msg["message"] == "RuntimeError: out of memory while profiling"
+    assert msg["overrides"] == ["method=lamp", "sparsity=0.9", "seed=2"]
+
+
+def test_baseline_table_exact(logs):
+    runs, failed = report.collect([logs])
+    tables = report.baseline_table(runs, "top1", failed)
+    assert set(tables) == {"resnet32_digits_oneshot_adamw", "resnet32_cifar10_iterative_adamw"}
+    md = report.to_markdown(tables["resnet32_digits_oneshot_adamw"])
+    assert lines_of(md, "resnet32 / digits / oneshot / adamw") == [
+        "| Method | 50% | 90% |",
+        "|---|---:|---:|",
+        "| ours | 95.50 ± 0.71 | **91.00 ± 1.00** |",
+        "| lamp | **97.00 ± 1.00** | 88.50 ± 0.71 |",
+        "| global_magnitude | 94.25 | missing |",
+    ]
+    assert "missing: no completed run for global_magnitude @ 90%." in md
+    assert "ours @ 50% (1), lamp @ 90% (1)" in md
+    data = tables["resnet32_digits_oneshot_adamw"].data
+    gap = data[(data.method == "global_magnitude") & (data.target_sparsity == 90)]
+    assert gap.seeds.tolist() == [0] and gap["mean"].isna().all()  # missing, not 0
+
+    dist = report.baseline_table(runs, "joint_distortion_worst", failed)
+    md = report.to_markdown(dist["resnet32_digits_oneshot_adamw"])
+    rows = lines_of(md, "resnet32 / digits / oneshot / adamw")
+    assert rows[2] == "| ours | **1** | **0.2** |"  # lower is better; ties are all bold
+    assert rows[3] == "| lamp | **1** | 0.6 |"
+    assert "lower is better" in md
+
+
+def test_paper_table_matches_published(logs):
+    runs, failed = report.collect([logs])
+    table = report.paper_table(runs, failed)
+    md = report.to_markdown(table)
+    assert ("| ResNet-32 | CIFAR-10 | ours | iterative | adamw | 95.60 | 3.50 | 90.80 ± 0.42 | "
+            "94.00 | -3.20 | 2 | 95.5 | 3.59 | 90.83 ± 0.24 | 93.99 | -3.16 |") in md
+    assert ("| Digits | ours | oneshot | adamw | 90.00 | 10.00 | 91.00 ± 1.00 | 97.50 | -6.50 | "
+            "3 | – | – | – | – | – |") in md
+    assert "| 88.50 ± 0.71 | 97.50 | -9.00 | 2 (1 failed) |" in md
+    assert "| 94.25 | 97.50 | -3.25 | 1 |" in md  # a single seed: no ±
+    row = table.data[table.data.dataset == "cifar10"].iloc[0]
+    assert row["diff"] == pytest.approx(90.8 - 94.0) and row["paper_top1"] == 90.83
+
+
+def test_layer_table_and_latex_escaping(logs):
+    runs, _ = report.collect([logs])
+    tables = report.layer_table(runs)
+    t = tables["resnet32_digits_oneshot_adamw_s90"]
+    assert list(t.cells.columns) == ["Layer", "Type", "Shape", "Weights", "ours", "lamp"]
+    assert t.cells.iloc[0].tolist() == ["conv1", "Conv2d", "16x3x3x3", "432", "50.00", "75.00"]
+    assert t.cells.iloc[-1].tolist()[:4] == ["all layers", "", "", "7664"]
+    assert t.cells.iloc[-1, 4] == f"{100 * (1 - 836 / 7664):.2f}"
+    tex = report.to_latex(report.baseline_table(runs)["resnet32_digits_oneshot_adamw"])
+    assert r"global\_magnitude & 94.25 & missing \\" in tex
+    assert r"\textbf{91.00 $\pm$ 1.00}" in tex and r"50\% & 90\%" in tex
+    body = [ln for ln in tex.splitlines() if not ln.startswith(r"\label")]  # labels may hold _
+    assert r"\toprule" in body and r"\bottomrule" in body
+    assert not any("_" in ln.replace(r"\_", "") for ln in body)
+    assert report.tex_escape("a_b & 5% #1 {x} ~^\\") == (
+        r"a\_b \& 5\% \#1 \{x\} \textasciitilde{}\textasciicircum{}\textbackslash{}")
+
+
+def test_cli_writes_every_file(logs, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert report.main([str(logs), "--out", "results/fixture"]) == 0
+    out = tmp_path / "results" / "fixture"
+    assert "13 runs, 2 failed (1 of them incomplete), 1 superseded" in capsys.readouterr().out
+    for name in ("paper_table", "baselines", "baselines_distortion", "layer_sparsity",
+                 "additivity"):
+        for ext in ("md", "tex", "csv"):
+            assert (out / f"{name}.{ext}").stat().st_size > 0, (name, ext)
+    pngs = ["top1_vs_sparsity_resnet32_cifar10.png", "top1_vs_sparsity_resnet32_digits.png",
+            "layer_sparsity_resnet32_digits_oneshot_adamw.png", "rd_curves.png", "additivity.png"]
+    for png in pngs:
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    readme = (out / "README.md").read_text()
+    assert f"python -m rdprune.report {logs} --out results/fixture" in readme
+    assert all(f"`{f}`" in readme for f in pngs + ["baselines.md", "failed.md"])
+    failed = (out / "failed.md").read_text()
+    assert "`method=lamp sparsity=0.9 seed=2`" in failed
+    assert "RuntimeError: out of memory while profiling" in failed
+    assert "**incomplete**" in failed and "additivity" not in failed
+    md = (out / "baselines.md").read_text()
+    assert "## resnet32 / digits / oneshot / adamw" in md and "## resnet32 / cifar10" in md
+
+
+def test_cells_mixing_configs_are_flagged(tmp_path):
+    for seed, steps in enumerate([150, 300]):
+        make_run(tmp_path / "logs" / f"r{seed}", method="lamp", sparsity=0.5, seed=seed,
+                 top1=90.0, dense=95.0)
+        path = tmp_path / "logs" / f"r{seed}" / ".hydra" / "config.yaml"
+        cfg = yaml.safe_load(path.read_text())
+        cfg["finetune"]["steps"] = steps
+        path.write_text(yaml.safe_dump(cfg))
+    result = report.write_report([tmp_path / "logs"], tmp_path / "out")
+    assert result["runs"]["config_id"].nunique() == 2
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "configs differ beyond the seed" in readme and "lamp / 50.0" in readme
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert report.main([str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert report.main([str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "no run directories" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["disabled", "offline"])
+def test_wandb_path(logs, tmp_path, monkeypatch, mode):
+    monkeypatch.setenv("WANDB_MODE", mode)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "w"
+    assert report.main([str(logs / "sweep"), "--out", str(out), "--wandb", "--group", "g"]) == 0
+    if mode == "offline":  # the report run holds the tables, written locally for `wandb sync`
+        tables = {p.name.split("_")[0] for p in out.glob("wandb/offline-run-*/files/media/table/*")}
+        assert {"runs", "paper", "baselines", "layer", "failed"} <= tables
+
+
+def test_published_match_tolerance_and_variant():
+    from rdprune.published import match
+
+    assert match("resnet32", "cifar10", "iterative", 95.9).top1 == 90.83
+    assert match("resnet32", "cifar10", "iterative", 96.1) is None  # > 0.5 pp away
+    assert match("resnet32", "cifar10", "iterative", 95.5, method="lamp") is None
+    assert match("resnet50", "imagenet", "oneshot", 50.0) is None  # only the zero-data row
+    assert match("resnet50", "imagenet", "oneshot", 50.0, variant="zero-data").top1 == 75.13
