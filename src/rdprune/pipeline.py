@@ -180,7 +180,8 @@ def dense_stage(env: Env) -> dict[str, Any]:
                 model, env.data, steps=cfg.dense.steps, batch_size=cfg.dense.batch_size,
                 optimizer=instantiate(cfg.dense.optimizer),
                 scheduler=instantiate(cfg.dense.scheduler), seed=cfg.seed, device=env.device,
-                checkpoint=path.with_suffix(".partial.pt"), precision=cfg.precision,
+                checkpoint=path.with_suffix(".partial.pt"),
+                checkpoint_every=cfg.dense.checkpoint_every, precision=cfg.precision,
                 desc="dense training",
             )
             return {"state": {k: v.cpu() for k, v in model.state_dict().items()},
@@ -190,7 +191,7 @@ def dense_stage(env: Env) -> dict[str, Any]:
         path.with_suffix(".partial.pt").unlink(missing_ok=True)
         model.load_state_dict(result["state"])
         env.logger.log_history("dense", result["history"])
-        source, seconds = ("cache" if hit else "trained"), result["seconds"]
+        source, seconds = "trained", result["seconds"]
         log.info("dense model %s: %s", "loaded from cache" if hit else "trained", path)
     model.to(env.device)
     top1, eval_seconds = cached_top1(env)
