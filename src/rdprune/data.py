@@ -84,9 +84,13 @@ class Splits:
         )
 
     def train_batches(
-        self, batch_size: int, seed: int, start: int, stop: int
+        self, batch_size: int, seed: int, start: int, stop: int, rank: int = 0, world: int = 1
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Training batches for steps ``start .. stop-1`` (deterministic given ``seed``)."""
+        """Training batches for steps ``start .. stop-1`` (deterministic given ``seed``).
+
+        With ``world`` data-parallel processes, process ``rank`` gets its contiguous equal share
+        of every batch (and loads only those samples).
+        """
         if len(self.train) < batch_size:
             raise UserError(
                 f"batch size {batch_size} exceeds the training split ({len(self.train)} samples)"
@@ -94,7 +98,7 @@ class Splits:
         sampler = StepBatchSampler(len(self.train), batch_size, seed, start, stop)
         loader = DataLoader(
             SeededItems(self.train),
-            batch_sampler=sampler,
+            batch_sampler=sampler if world == 1 else RankShare(sampler, rank, world),
             num_workers=self.num_workers,
             persistent_workers=False,
         )
@@ -134,6 +138,21 @@ class StepBatchSampler(Sampler):
                 perm, epoch = torch.randperm(self.n, generator=g).tolist(), e
             chunk = perm[b * self.batch_size : (b + 1) * self.batch_size]
             yield [(i, _mix(self.seed, step, pos, 2)) for pos, i in enumerate(chunk)]
+
+
+class RankShare(Sampler):
+    """Rank ``rank``'s contiguous share of every batch of ``batches`` (``world`` equal shares)."""
+
+    def __init__(self, batches: Sampler, rank: int, world: int) -> None:
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list]:
+        for batch in self.batches:
+            share = len(batch) // self.world
+            yield batch[self.rank * share : (self.rank + 1) * share]
 
 
 class SeededItems(Dataset):

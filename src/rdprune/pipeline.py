@@ -182,6 +182,7 @@ def dense_stage(env: Env) -> dict[str, Any]:
                 scheduler=instantiate(cfg.dense.scheduler), seed=cfg.seed, device=env.device,
                 checkpoint=path.with_suffix(".partial.pt"),
                 checkpoint_every=cfg.dense.checkpoint_every, precision=cfg.precision,
+                devices=cfg.devices,
                 desc="dense training",
             )
             return {"state": {k: v.cpu() for k, v in model.state_dict().items()},
@@ -255,6 +256,7 @@ def prune_round(
             optimizer=instantiate(ft.optimizer), scheduler=instantiate(ft.scheduler),
             seed=cfg.seed + 1000 * index, device=env.device, masks=new, checkpoint=ckpt,
             checkpoint_every=ft.get("checkpoint_every", 500), precision=cfg.precision,
+            devices=cfg.devices,
             desc=f"fine-tune round {index}",
         )
         ckpt.unlink(missing_ok=True)

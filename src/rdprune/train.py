@@ -5,7 +5,8 @@ batches come from :meth:`rdprune.data.Splits.train_batches` and the model's own 
 reseeded at every step, so a run resumed from a checkpoint ends exactly where an uninterrupted run
 would. With masks, removed weights are held at exactly zero: their gradients are zeroed before the
 optimizer step (no momentum or Adam state builds up) and the weights are re-masked after it (weight
-decay and momentum cannot revive them).
+decay and momentum cannot revive them). With ``devices > 1`` the same loop runs in data-parallel
+worker processes, one per GPU, over equal shares of the same batches (:mod:`rdprune.distributed`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,30 @@ def masked_layers(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[s
     return {name: modules[name] for name in masks}
 
 
+class Replica:
+    """How the training process takes part in a run: here, as the only one.
+
+    :class:`rdprune.distributed.Rank` overrides these for the workers of a data-parallel run.
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module to call for training steps (e.g. a DistributedDataParallel wrapper)."""
+        return model
+
+    def batches(
+        self, data: Splits, batch_size: int, seed: int, start: int, stop: int
+    ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """This process's share of the training batches of steps ``start .. stop-1``."""
+        return data.train_batches(batch_size, seed, start, stop)
+
+    def mean_loss(self, loss: torch.Tensor) -> float:
+        """The step's loss averaged over all processes (a host sync, as ``.item()``)."""
+        return loss.item()
+
+
 def fit(
     model: nn.Module,
     data: Splits,
@@ -66,6 +91,7 @@ def fit(
     desc: str = "train",
     log_every: int = 50,
     progress: bool = True,
+    devices: int | str = 1,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place for ``steps`` steps; returns the loss/lr history.
 
@@ -73,11 +99,11 @@ def fit(
         model: the network (moved to ``device``).
         data: the dataset splits; batches from ``data.train``.
         steps: number of optimizer steps.
-        batch_size: samples per step.
+        batch_size: samples per step (over all devices together).
         optimizer: ``params -> Optimizer`` (a Hydra ``_partial_`` object).
         scheduler: ``optimizer -> LR scheduler`` stepped once per step, or None.
         seed: seeds the batch order, augmentation and the model's randomness.
-        device: where to train.
+        device: where to train ("cuda" with ``devices > 1``: GPUs 0 .. devices-1).
         masks: ``{layer name: bool mask}``; removed weights are kept exactly zero.
         checkpoint: file for periodic resumable checkpoints (resumed from if present).
         checkpoint_every: steps between checkpoints.
@@ -85,12 +111,56 @@ def fit(
         desc: progress-bar label.
         log_every: steps per history entry.
         progress: show a progress bar.
+        devices: training processes, one per device; above 1, data-parallel (DDP) workers
+            each take an equal share of every step's batch (see :mod:`rdprune.distributed`);
+            "auto": every visible GPU (1 on CPU).
 
     Raises:
         TrainingDivergedError: the loss is NaN/inf (the last checkpoint is kept).
+        UserError: ``devices`` is unusable, or ``batch_size`` is not divisible by it.
     """
+    settings = dict(
+        steps=steps, batch_size=batch_size, optimizer=optimizer, scheduler=scheduler, seed=seed,
+        masks=masks, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+        precision=precision, desc=desc, log_every=log_every, progress=progress,
+    )
+    if devices != 1:
+        from rdprune import distributed  # torch.distributed only when asked for
+
+        world = distributed.resolve_devices(devices, device)
+        if world > 1:
+            return distributed.fit(model, data, devices=world, device=device, **settings)
     device = torch.device(device)
     model.to(device)
+    return run_steps(model, data, device=device, **settings)
+
+
+def run_steps(
+    model: nn.Module,
+    data: Splits,
+    *,
+    steps: int,
+    batch_size: int,
+    optimizer: Callable[..., torch.optim.Optimizer],
+    scheduler: Callable[..., Any] | None,
+    seed: int,
+    device: torch.device,
+    masks: Mapping[str, torch.Tensor] | None,
+    checkpoint: str | Path | None,
+    checkpoint_every: int,
+    precision: str,
+    desc: str,
+    log_every: int,
+    progress: bool,
+    replica: Replica | None = None,
+) -> list[dict[str, float]]:
+    """The training loop of :func:`fit`, for a model already on ``device``.
+
+    ``replica`` says how this process shares the run with others (default: it is alone). Only
+    rank 0 writes checkpoints and shows progress; every rank enforces the masks.
+    """
+    replica = replica or Replica()
+    main = replica.rank == 0
     layers = masked_layers(model, masks) if masks else {}
     if masks:
         masks = {k: v.to(device) for k, v in masks.items()}
@@ -106,7 +176,8 @@ def fit(
             if sched is not None:
                 sched.load_state_dict(state["scheduler"])
             start, history = state["step"], state["history"]
-            log.info("%s: resuming from step %d (%s)", desc, start, checkpoint)
+            if main:
+                log.info("%s: resuming from step %d (%s)", desc, start, checkpoint)
     if start >= steps:
         return history
 
@@ -117,17 +188,21 @@ def fit(
         })
 
     loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    window, bar = [], progress_bar(total=steps, initial=start, desc=desc, disable=not progress)
-    batches = data.train_batches(batch_size, seed, start, steps)
+    net = replica.wrap(model)
+    net.train()
+    window = []
+    bar = progress_bar(total=steps, initial=start, desc=desc, disable=not (progress and main))
+    batches = replica.batches(data, batch_size, seed, start, steps)
     for step, (x, y) in enumerate(batches, start=start):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        torch.manual_seed(step_seed(seed, step))
+        # each rank its own dropout/drop-path draws; rank 0 (and a single process) as before
+        torch.manual_seed(step_seed(seed, step) + replica.rank)
         with autocast(device, precision):
-            loss = loss_fn(model(x), y)
-        if not torch.isfinite(loss):
+            loss = loss_fn(net(x), y)
+        value = replica.mean_loss(loss)  # NaN on any rank: NaN on every rank, all stop here
+        if not math.isfinite(value):
             raise TrainingDivergedError(
-                f"{desc}: loss is {loss.item()} at step {step}; the last checkpoint "
+                f"{desc}: loss is {value} at step {step}; the last checkpoint "
                 f"({checkpoint or 'none'}) is kept - lower the learning rate or check the data"
             )
         opt.zero_grad(set_to_none=True)
@@ -139,7 +214,7 @@ def fit(
             sched.step()
         if masks:
             apply_masks(layers, masks)
-        window.append(loss.item())
+        window.append(value)
         done = step + 1
         if done % log_every == 0 or done == steps:
             history.append({"step": done, "loss": sum(window) / len(window),
@@ -150,7 +225,8 @@ def fit(
         if checkpoint is not None and done % checkpoint_every == 0 and done < steps:
             if masks:
                 check_masks(layers, masks, f"at step {done} of {desc}")
-            save_checkpoint(done)
+            if main:
+                save_checkpoint(done)
     bar.close()
     if masks:
         check_masks(layers, masks, f"after {desc}")
