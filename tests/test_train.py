@@ -114,3 +114,24 @@ def test_nan_loss_stops_with_the_step(data, tmp_path):
     opt = functools.partial(torch.optim.SGD, lr=1e30)
     with pytest.raises(TrainingDivergedError, match=r"at step \d+"):
         fit(model, data, steps=50, batch_size=32, optimizer=opt, progress=False)
+
+
+def test_a_revived_weight_is_an_error_not_a_warning(data, monkeypatch):
+    """If anything revives a pruned weight mid-training, the epoch check stops the run."""
+    import rdprune.train as train_module
+    from rdprune.masks import MaskViolationError
+
+    model, layers, masks = pruned_model()
+    real_apply = train_module.apply_masks
+    calls = {"n": 0}
+
+    def leaky_apply(layers_, masks_):
+        calls["n"] += 1
+        if calls["n"] < 3:  # the first steps mask properly, then masking silently breaks
+            real_apply(layers_, masks_)
+
+    monkeypatch.setattr(train_module, "apply_masks", leaky_apply)
+    monkeypatch.setattr(train_module, "mask_gradients", lambda *a: None)
+    with pytest.raises(MaskViolationError, match="pruned weights of layer"):
+        fit(model, data, steps=8, batch_size=32, optimizer=OPTIMIZERS["adamw"], masks=masks,
+            progress=False)

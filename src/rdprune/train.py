@@ -176,6 +176,8 @@ def run_steps(
             if sched is not None:
                 sched.load_state_dict(state["scheduler"])
             start, history = state["step"], state["history"]
+            if masks:
+                check_masks(layers, masks, f"in the checkpoint {checkpoint}")
             if main:
                 log.info("%s: resuming from step %d (%s)", desc, start, checkpoint)
     if start >= steps:
@@ -188,6 +190,7 @@ def run_steps(
         })
 
     loss_fn = nn.CrossEntropyLoss()
+    per_epoch = max(1, len(data.train) // batch_size)
     net = replica.wrap(model)
     net.train()
     window = []
@@ -222,11 +225,11 @@ def run_steps(
             window = []
             bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
         bar.update(1)
-        if checkpoint is not None and done % checkpoint_every == 0 and done < steps:
-            if masks:
-                check_masks(layers, masks, f"at step {done} of {desc}")
-            if main:
-                save_checkpoint(done)
+        save = checkpoint is not None and done % checkpoint_every == 0 and done < steps
+        if masks and (save or done % per_epoch == 0):  # every epoch and before every save
+            check_masks(layers, masks, f"at step {done} of {desc}")
+        if save and main:
+            save_checkpoint(done)
     bar.close()
     if masks:
         check_masks(layers, masks, f"after {desc}")
