@@ -57,3 +57,30 @@ def test_quickstart_shrunk_writes_complete_outputs(tiny_config, tmp_path):
     for name, module in prunable.items():
         assert not module.weight[~masks[name]].any(), name
     assert saved["kept_weights"] == sum(int(m.sum()) for m in masks.values())
+
+
+@pytest.mark.slow
+def test_admm_then_hard_prune_then_retrain(tiny_config, tmp_path):
+    cfg = tiny_config("model=lenet5", "dataset.image_size=16", "dataset.channels=1",
+                      "method=erk", "sparsity=0.9", "finetune=admm", "finetune.steps=3",
+                      "finetune.batch_size=32", "finetune.admm.iters=3",
+                      "finetune.admm.steps_per_iter=2")
+    metrics = run(cfg)
+    out = tmp_path / "out"
+    admm = pd.read_csv(out / "admm.csv")
+    assert list(admm["iter"]) == [1, 2, 3] and admm.primal_residual.notna().all()
+    layers = pd.read_csv(out / "layers.csv")
+    from rdprune.masks import num_pruned
+
+    removed = int((layers.weights - layers.kept).sum())  # hard-pruned to exactly ERK's counts
+    assert abs(removed - num_pruned(int(layers.weights.sum()), 0.9)) <= len(layers)
+    masks = load(out / "masks.pt")
+    assert [int(m.sum()) for m in masks.values()] == list(layers.kept)
+    assert metrics["seconds"]["admm"] > 0
+
+
+def test_admm_with_iterative_schedule_is_refused(tiny_config):
+    from rdprune.errors import UserError
+
+    with pytest.raises(UserError, match="oneshot"):
+        run(tiny_config("finetune=admm", "schedule=iterative", "method=lamp"))

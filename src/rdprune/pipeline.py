@@ -5,9 +5,10 @@
 1. Dense model: a checkpoint, pretrained weights, or training with the model's recipe.
 2. Per round of the schedule (one round for one-shot): allocation by the method, magnitude masks,
    pruning, measured joint distortion on the calibration set, fine-tuning under the masks.
+   With ``finetune=admm``, ADMM iterations (:mod:`rdprune.admm`) precede the hard pruning.
 3. Outputs in ``paths.output_dir``: ``metrics.json``, ``layers.csv``, ``rounds.csv``, ``masks.pt``,
-   ``model.pt`` (dense-compatible state_dict, zeros in place), ``config.yaml``, and for
-   rate-distortion methods ``rd_curves.npz``.
+   ``model.pt`` (dense-compatible state_dict, zeros in place), ``config.yaml``, for
+   rate-distortion methods ``rd_curves.npz``, and for ADMM ``admm.csv`` (residual per iteration).
 
 Dense training and every round are cached under ``paths.cache_dir`` by a digest of what they depend
 on (see :mod:`rdprune.cache`), so a sweep trains each dense model once and a killed job resumes.
@@ -212,6 +213,28 @@ def cached_top1(env: Env) -> tuple[float, float]:
     return result["top1"], result["seconds"]
 
 
+def admm_stage(env: Env, sparsities: list[float], index: int) -> list[dict[str, float]]:
+    """ADMM iterations pulling every layer towards its sparsity (``finetune=admm``).
+
+    Trains ``env.model`` in place (still dense); returns one row per iteration (residuals).
+    """
+    cfg, spec = env.cfg, env.cfg.finetune.admm
+    from rdprune.admm import admm_phase
+
+    ckpt = env.cache_dir / "admm" / (cache.digest(
+        "admm", cache.state_digest(env.model), sparsities, _container(spec),
+        data_identity(cfg), cfg.seed, index) + ".partial.pt")
+    rows = admm_phase(
+        env.model, env.data, env.layers, sparsities, iters=spec.iters,
+        steps_per_iter=spec.steps_per_iter, rho=spec.rho, rho_growth=spec.rho_growth,
+        batch_size=spec.batch_size, optimizer=instantiate(spec.optimizer),
+        seed=cfg.seed + 1000 * index + 500, device=env.device, checkpoint=ckpt,
+        precision=cfg.precision, desc=f"ADMM round {index}",
+    )
+    ckpt.unlink(missing_ok=True)
+    return rows
+
+
 def distortions(reference: torch.Tensor, pruned: torch.Tensor) -> dict[str, float]:
     """Joint distortion of pruned logits vs reference: mean and worst (max per-sample MSE)."""
     per_sample = (reference.double() - pruned.double()).pow(2).mean(dim=1)
@@ -232,13 +255,16 @@ def prune_round(
     start = time.perf_counter()
     alloc: Allocation = method.allocate(ctx)
     alloc_seconds = time.perf_counter() - start
-    new = magnitude_masks(layers, alloc.sparsities)
-    # pruned weights stay pruned, whatever the allocation says
-    new = {k: v & masks[k].to(v.device) for k, v in new.items()}
 
     calib = env.calibration(None)
     bs = env.data.eval_batch_size
     reference = predict(model, calib, bs, env.device)
+    start = time.perf_counter()
+    admm_rows = admm_stage(env, alloc.sparsities, index) if "admm" in cfg.finetune else []
+    admm_seconds = time.perf_counter() - start
+    new = magnitude_masks(layers, alloc.sparsities)
+    # pruned weights stay pruned, whatever the allocation says
+    new = {k: v & masks[k].to(v.device) for k, v in new.items()}
     apply_masks(layers, new)
     check_masks(layers, new, "after pruning")
     joint = distortions(reference, predict(model, calib, bs, env.device))
@@ -275,6 +301,7 @@ def prune_round(
         "joint_distortion_mean": joint["mean"],
         "joint_distortion_worst": joint["worst"],
         "allocate_seconds": alloc_seconds,
+        "admm_seconds": admm_seconds,
         "finetune_seconds": ft_seconds,
         **{k: v for k, v in alloc.info.items() if isinstance(v, (int, float, str))},
     }
@@ -283,6 +310,7 @@ def prune_round(
         "masks": {k: v.cpu() for k, v in new.items()},
         "row": row,
         "history": history,
+        "admm": admm_rows,
         "curves": alloc.curves,
         "grid": alloc.grid,
     }
@@ -358,6 +386,8 @@ def write_outputs(env: Env, metrics: dict[str, Any], records: list[dict[str, Any
     torch.save({k: v.cpu() for k, v in env.model.state_dict().items()}, out / "model.pt.tmp")
     os.replace(out / "model.pt.tmp", out / "model.pt")
     last = records[-1]
+    if last["admm"]:
+        write_atomic(out / "admm.csv", to_csv(last["admm"]))
     if last["curves"] is not None:
         np.savez(out / "rd_curves.npz", curves=last["curves"], grid=last["grid"],
                  layers=np.array(list(env.layers)),
@@ -402,7 +432,8 @@ def setup(cfg: DictConfig) -> tuple[Env, Any]:
     macs = layer_macs(model, example, list(layers))
     method = build(cfg.method)
     method.check(layers, cfg.sparsity)
-    schedule_targets(cfg.schedule, cfg.sparsity)
+    if len(schedule_targets(cfg.schedule, cfg.sparsity)) > 1 and "admm" in cfg.finetune:
+        raise UserError("finetune=admm works with schedule=oneshot (ADMM replaces the rounds)")
     data.calibration_indices()
     if cfg.method.get("calib_size"):
         data.calibration_indices(cfg.method.calib_size)
@@ -473,6 +504,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             "seconds": {
                 "dense": dense["seconds"],
                 "allocate": sum(r["row"]["allocate_seconds"] for r in records),
+                "admm": sum(r["row"]["admm_seconds"] for r in records),
                 "finetune": sum(r["row"]["finetune_seconds"] for r in records),
             },
         }

@@ -1,0 +1,249 @@
+"""ADMM weight pruning (Zhang et al., ECCV 2018; paper-notes section 7) before hard pruning.
+
+Given per-layer target sparsities from any allocation, the constrained problem
+``min loss(W) s.t. layer i keeps at most kept_i weights`` is split as ``W_i = Z_i`` and solved
+approximately by alternating
+
+* W-step: ``steps_per_iter`` optimizer steps on ``loss(W) + sum_i rho/2 ||W_i - Z_i + U_i||_F^2``,
+* Z-step: ``Z_i = project(W_i + U_i, kept_i)`` (the ``kept_i`` largest magnitudes, rest zero),
+* U-step: ``U_i += W_i - Z_i`` (scaled dual variable),
+
+then ``rho *= rho_growth``. The model is trained in place but *not* hard-pruned here: the caller
+prunes it with :func:`rdprune.masks.magnitude_masks` (whose choice :func:`project` reproduces
+exactly) and retrains with the masks fixed (:func:`rdprune.train.fit`).
+
+Like :func:`rdprune.train.fit`, the phase is deterministic on CPU: batches are a function of
+``(seed, global step)`` and the model's randomness is reseeded at every step, so a phase killed and
+restarted from its checkpoint (saved after every ADMM iteration) ends bitwise-identical to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rdprune import cache
+from rdprune.data import Splits, step_seed
+from rdprune.errors import UserError
+from rdprune.layers import unwrap
+from rdprune.masks import magnitude_order, num_pruned
+from rdprune.progress import bar as progress_bar
+from rdprune.train import TrainingDivergedError, autocast
+
+log = logging.getLogger(__name__)
+
+def project(w: torch.Tensor, keep: int) -> torch.Tensor:
+    """Euclidean projection onto ``{at most keep non-zeros}``: the Z-step of ADMM.
+
+    Keeps exactly the ``keep`` largest-magnitude entries of ``w`` and zeros the rest. Ties are
+    broken as in :func:`rdprune.masks.magnitude_order` (already-zero and earlier entries go
+    first), so the kept positions are those :func:`rdprune.masks.magnitude_mask` keeps at
+    sparsity ``1 - keep / w.numel()``.
+
+    Args:
+        w: any tensor (not modified; the result is detached).
+        keep: number of entries kept, in ``[0, w.numel()]``.
+
+    Returns:
+        A new tensor shaped like ``w``: ``w`` on the kept positions, exactly 0 elsewhere.
+    """
+    n = w.numel()
+    if not 0 <= keep <= n:
+        raise ValueError(f"keep must be in [0, {n}], got {keep}")
+    flat = w.detach().flatten()
+    out = torch.zeros_like(flat)
+    kept = magnitude_order(flat)[n - keep :]
+    out[kept] = flat[kept]
+    return out.view(w.shape)
+
+
+def _norm(tensors: Mapping[str, torch.Tensor]) -> float:
+    """Frobenius norm over several tensors together (a Python float)."""
+    return math.sqrt(sum(float(torch.linalg.vector_norm(t.float())) ** 2 for t in tensors.values()))
+
+
+def _check_args(layers: Mapping[str, nn.Module], sparsities: Sequence[float], iters: int,
+                steps_per_iter: int, rho: float, rho_growth: float) -> None:
+    if len(sparsities) != len(layers):
+        raise ValueError(f"{len(sparsities)} sparsities for {len(layers)} layers")
+    if iters < 0:
+        raise UserError(f"ADMM iters must be >= 0, got {iters}")
+    if steps_per_iter < 1:
+        raise UserError(f"ADMM steps_per_iter must be >= 1, got {steps_per_iter}")
+    if not (rho > 0 and math.isfinite(rho)):
+        raise UserError(f"ADMM rho must be positive and finite, got {rho}")
+    if not (rho_growth > 0 and math.isfinite(rho_growth)):
+        raise UserError(f"ADMM rho_growth must be positive and finite (1.0: constant), "
+                        f"got {rho_growth}")
+
+
+def admm_phase(
+    model: nn.Module,
+    data: Splits,
+    layers: Mapping[str, nn.Module],
+    sparsities: Sequence[float],
+    *,
+    iters: int,
+    steps_per_iter: int,
+    rho: float,
+    rho_growth: float = 1.0,
+    batch_size: int,
+    optimizer: Callable[..., torch.optim.Optimizer],
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    checkpoint: str | Path | None = None,
+    precision: str = "32",
+    desc: str = "ADMM",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train ``model`` in place with ADMM towards per-layer sparsities; one row per iteration.
+
+    A layer whose sparsity keeps all its weights has no constraint and gets no penalty (a
+    penalty would only pull it back to its previous iterate). The optimizer is created once and
+    kept across iterations. ``rho`` weighs the penalty of iteration 1 and is multiplied by
+    ``rho_growth`` after each iteration; as in the public ADMM code, the scaled dual ``U`` is
+    not rescaled when ``rho`` changes.
+
+    Args:
+        model: the network (moved to ``device``); left dense, in train mode.
+        data: the dataset splits; batches from ``data.train``.
+        layers: ``{name: module}`` of the pruned layers (modules of ``model``), in model order.
+        sparsities: per-layer fraction of weights removed, in [0, 1], in the order of ``layers``;
+            layer i keeps ``n_i - num_pruned(n_i, s_i)`` weights, as the hard-pruning masks do.
+        iters: number of ADMM iterations (W-, Z-, U-step each).
+        steps_per_iter: optimizer steps per W-step.
+        rho: initial penalty weight.
+        rho_growth: factor applied to ``rho`` after every iteration (1.0: constant).
+        batch_size: samples per step.
+        optimizer: ``params -> Optimizer`` (a Hydra ``_partial_`` object) for the W-steps.
+        seed: seeds the batch order, augmentation and the model's randomness (global step
+            ``it * steps_per_iter + k`` like :func:`rdprune.train.fit`'s step).
+        device: where to train.
+        checkpoint: file written after every completed iteration and resumed from if present;
+            calling again with a larger ``iters`` continues a finished phase.
+        precision: "32" or "bf16" (autocast for the forward; the penalty is in float32).
+        desc: progress-bar and log label.
+        progress: show a progress bar.
+
+    Returns:
+        One dict per completed iteration (all of them, also those done before a resume):
+        ``iter``, ``step`` (global steps done), ``rho`` (used in this iteration), ``loss`` (mean
+        training cross-entropy), ``penalty`` (mean ``rho/2 sum ||W - Z + U||^2`` of the
+        W-step), ``primal_residual`` (``||W - Z||_F`` over all constrained layers),
+        ``primal_residual_rel`` (divided by ``||W||_F``), ``dual_residual``
+        (``rho * ||Z - Z_prev||_F``).
+
+    Raises:
+        TrainingDivergedError: the loss or penalty is NaN/inf (the last checkpoint is kept).
+        UserError: bad settings, or a checkpoint written with other settings or more iterations.
+    """
+    _check_args(layers, sparsities, iters, steps_per_iter, rho, rho_growth)
+    device = torch.device(device)
+    model.to(device)
+    kept = {name: m.weight.numel() - num_pruned(m.weight.numel(), s)
+            for (name, m), s in zip(layers.items(), sparsities)}
+    weights = {name: m.weight for name, m in layers.items() if kept[name] < m.weight.numel()}
+    opt = optimizer(model.parameters())
+    # everything the trajectory depends on besides the model and `iters`: a checkpoint written
+    # under other settings must not be continued silently
+    signature = {"layers": list(layers), "kept": list(kept.values()), "rho": rho,
+                 "rho_growth": rho_growth, "steps_per_iter": steps_per_iter,
+                 "batch_size": batch_size, "seed": seed, "precision": str(precision)}
+
+    with torch.no_grad():
+        z = {name: project(w, kept[name]) for name, w in weights.items()}
+        u = {name: torch.zeros_like(w) for name, w in weights.items()}
+    rho_now, done, history = rho, 0, []
+    if checkpoint is not None and (state := cache.try_load(checkpoint)) is not None:
+        if state["signature"] != signature:
+            raise UserError(
+                f"{desc}: checkpoint {checkpoint} was written with other settings "
+                f"({state['signature']} vs {signature}); delete it to start over"
+            )
+        if state["iteration"] > iters:
+            raise UserError(
+                f"{desc}: checkpoint {checkpoint} already has {state['iteration']} iterations, "
+                f"more than iters={iters}; delete it to start over"
+            )
+        unwrap(model).load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        z = {k: v.to(device) for k, v in state["z"].items()}
+        u = {k: v.to(device) for k, v in state["u"].items()}
+        rho_now, done, history = state["rho"], state["iteration"], state["history"]
+        log.info("%s: resuming after iteration %d (%s)", desc, done, checkpoint)
+    if done >= iters:
+        return history
+
+    def save_checkpoint() -> None:
+        cache.save(checkpoint, {
+            "signature": signature, "iteration": done, "step": done * steps_per_iter,
+            "rho": rho_now, "model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+            "z": {k: v.cpu() for k, v in z.items()}, "u": {k: v.cpu() for k, v in u.items()},
+            "history": history,
+        })
+
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    start, total = done * steps_per_iter, iters * steps_per_iter
+    bar = progress_bar(total=total, initial=start, desc=desc, disable=not progress)
+    anchors = {name: z[name] - u[name] for name in weights}  # W is pulled towards Z - U
+    losses, penalties = [], []
+    for step, (x, y) in enumerate(data.train_batches(batch_size, seed, start, total), start=start):
+        it, k = divmod(step, steps_per_iter)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        torch.manual_seed(step_seed(seed, step))
+        with autocast(device, precision):
+            loss = loss_fn(model(x), y)
+        penalty = torch.zeros((), device=device)
+        for name, w in weights.items():
+            penalty = penalty + (w.float() - anchors[name]).pow(2).sum()
+        penalty = penalty * (rho_now / 2)
+        objective = loss.float() + penalty
+        if not torch.isfinite(objective):
+            raise TrainingDivergedError(
+                f"{desc}: loss {loss.item()} + penalty {penalty.item()} is not finite at "
+                f"iteration {it + 1}/{iters}, step {k + 1}/{steps_per_iter} (global step "
+                f"{step}); the last checkpoint ({checkpoint or 'none'}) is kept - lower the "
+                "learning rate or rho"
+            )
+        opt.zero_grad(set_to_none=True)
+        objective.backward()
+        opt.step()
+        losses.append(loss.item())
+        penalties.append(penalty.item())
+        bar.update(1)
+        if k + 1 < steps_per_iter:
+            continue
+
+        with torch.no_grad():
+            z_prev = z
+            z = {name: project(w + u[name], kept[name]) for name, w in weights.items()}
+            u = {name: u[name] + w - z[name] for name, w in weights.items()}
+            primal = _norm({name: w - z[name] for name, w in weights.items()})
+            w_norm = _norm(weights)
+            dual = rho_now * _norm({name: z[name] - z_prev[name] for name in weights})
+        history.append({
+            "iter": it + 1, "step": step + 1, "rho": rho_now,
+            "loss": sum(losses) / len(losses), "penalty": sum(penalties) / len(penalties),
+            "primal_residual": primal, "primal_residual_rel": primal / w_norm if w_norm else 0.0,
+            "dual_residual": dual,
+        })
+        losses, penalties = [], []
+        row = history[-1]
+        log.info("%s iteration %d/%d: rho %.3g loss %.4f primal %.4g (rel %.3g) dual %.4g", desc,
+                 it + 1, iters, rho_now, row["loss"], primal, row["primal_residual_rel"], dual)
+        bar.set_postfix(iter=it + 1, primal=f"{row['primal_residual_rel']:.3g}")
+        rho_now *= rho_growth
+        anchors = {name: z[name] - u[name] for name in weights}
+        done = it + 1
+        if checkpoint is not None:
+            save_checkpoint()
+    bar.close()
+    return history
