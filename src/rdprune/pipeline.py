@@ -397,15 +397,17 @@ def write_outputs(env: Env, metrics: dict[str, Any], records: list[dict[str, Any
 
 def summary_table(metrics: dict[str, Any]) -> str:
     """The short table printed at the end of a run."""
+    flops_budget = metrics.get("budget_type") == "flops"
     lines = [
         f"{metrics['model']} on {metrics['dataset']}, method {metrics['method']}, "
         f"schedule {metrics['schedule']}",
         f"  {'dense top-1':<22}{metrics['dense_top1']:8.2f} %",
         f"  {'pruned top-1 (no FT)':<22}{metrics['pruned_top1']:8.2f} %",
         f"  {'final top-1':<22}{metrics['top1']:8.2f} %",
-        f"  {'sparsity':<22}{100 * metrics['achieved_sparsity']:8.2f} %"
-        f"  (target {100 * metrics['target_sparsity']:.2f} %)",
-        f"  {'FLOPs remaining':<22}{metrics['flops_remaining']:8.2f} %",
+        f"  {'sparsity':<22}{100 * metrics['achieved_sparsity']:8.2f} %" + (
+            "" if flops_budget else f"  (target {100 * metrics['target_sparsity']:.2f} %)"),
+        f"  {'FLOPs remaining':<22}{metrics['flops_remaining']:8.2f} %" + (
+            f"  (target {100 - 100 * metrics['target_sparsity']:.2f} %)" if flops_budget else ""),
         f"  {'joint distortion':<22}{metrics['joint_distortion_worst']:8.4g} (worst)"
         f"  {metrics['joint_distortion_mean']:.4g} (mean)",
     ]
