@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import io
 import json
 import logging
@@ -28,13 +27,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+import xxhash
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_MAGIC = b"RDPRUNE-CACHE-1\n"
-_DIGEST_BYTES = 32
+_MAGIC = b"RDPRUNE-CACHE-2\n"
+_DIGEST_BYTES = 16  # xxh3-128 of the payload
 
 
 def _feed(h: Any, obj: Any) -> None:
@@ -44,11 +44,12 @@ def _feed(h: Any, obj: Any) -> None:
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no copy
     elif isinstance(obj, np.ndarray):
         a = np.ascontiguousarray(obj)
         h.update(f"A{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
+        h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
     elif isinstance(obj, Mapping):
         h.update(f"D{len(obj)}".encode())
         for k in sorted(obj, key=str):
@@ -73,7 +74,7 @@ def digest(*parts: Any) -> str:
     Tensors are hashed by dtype, shape and exact bytes; mappings in sorted-key order; configs
     after resolving interpolations. Two calls agree iff their inputs are equal.
     """
-    h = hashlib.blake2b(digest_size=16)
+    h = xxhash.xxh3_128()  # fast non-cryptographic 128-bit hash: ~1 GB in 0.2 s
     _feed(h, list(parts))
     return h.hexdigest()
 
@@ -94,7 +95,7 @@ def save(path: str | os.PathLike, obj: Any) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(_MAGIC)
-            f.write(hashlib.sha256(payload).digest())
+            f.write(xxhash.xxh3_128(payload).digest())
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
@@ -116,7 +117,7 @@ def load(path: str | os.PathLike) -> Any:
     if len(data) < head or not data.startswith(_MAGIC):
         raise CorruptCacheError(f"{path}: not a cache file or truncated header")
     payload = data[head:]
-    if hashlib.sha256(payload).digest() != data[len(_MAGIC) : head]:
+    if xxhash.xxh3_128(payload).digest() != data[len(_MAGIC) : head]:
         raise CorruptCacheError(f"{path}: checksum mismatch (truncated or corrupted)")
     try:
         return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)

@@ -22,16 +22,33 @@ def num_pruned(numel: int, sparsity: float) -> int:
     return min(numel, int(math.floor(sparsity * numel + 0.5)))
 
 
+def kept_count(mask: torch.Tensor) -> int:
+    """Number of True entries of a bool tensor (``count_nonzero``: ~20x faster than ``sum``)."""
+    return int(torch.count_nonzero(mask))
+
+
 def magnitude_order(weight: torch.Tensor) -> torch.Tensor:
     """Flat indices of ``weight`` from smallest to largest magnitude (stable: ties by position)."""
     return torch.argsort(weight.detach().abs().flatten(), stable=True)
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Bool mask keeping all but the ``num_pruned(numel, sparsity)`` smallest-magnitude weights."""
+    """Bool mask keeping all but the ``num_pruned(numel, sparsity)`` smallest-magnitude weights.
+
+    The removed weights are exactly ``magnitude_order(weight)[:k]``, found in linear time: every
+    weight below the k-th smallest magnitude, plus the first (by position) of those equal to it.
+    """
     k = num_pruned(weight.numel(), sparsity)
-    mask = torch.ones(weight.numel(), dtype=torch.bool, device=weight.device)
-    mask[magnitude_order(weight)[:k]] = False
+    flat = weight.detach().abs().flatten()
+    mask = torch.ones(flat.numel(), dtype=torch.bool, device=weight.device)
+    if k == flat.numel():
+        mask.zero_()
+    elif k > 0:
+        kth = torch.kthvalue(flat.float().cpu(), k).values.to(flat.device, flat.dtype)
+        below = flat < kth
+        ties = torch.nonzero(flat == kth).flatten()[: k - kept_count(below)]
+        mask[below] = False
+        mask[ties] = False
     return mask.view_as(weight)
 
 
@@ -65,13 +82,13 @@ def mask_gradients(layers: Mapping[str, nn.Module], masks: Mapping[str, torch.Te
 def sparsity_of(masks: Mapping[str, torch.Tensor]) -> float:
     """Fraction of removed weights over all masked layers."""
     total = sum(m.numel() for m in masks.values())
-    kept = sum(int(m.sum()) for m in masks.values())
+    kept = sum(kept_count(m) for m in masks.values())
     return 1.0 - kept / total if total else 0.0
 
 
 def layer_sparsities(masks: Mapping[str, torch.Tensor]) -> list[float]:
     """Per-layer fraction of removed weights, in mask order."""
-    return [1.0 - int(m.sum()) / m.numel() for m in masks.values()]
+    return [1.0 - kept_count(m) / m.numel() for m in masks.values()]
 
 
 def masks_from_weights(layers: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
@@ -90,7 +107,7 @@ def check_masks(
     """Raise :class:`MaskViolationError` unless every removed weight is exactly zero."""
     for name, mask in masks.items():
         w = layers[name].weight
-        bad = int((w[~mask.to(w.device)] != 0).sum())
+        bad = kept_count(w.ne(0) & ~mask.to(w.device))
         if bad:
             raise MaskViolationError(
                 f"{bad} pruned weights of layer {name} are non-zero{' ' + where if where else ''}"

@@ -44,6 +44,7 @@ from rdprune.layers import find_prunable
 from rdprune.masks import (
     apply_masks,
     check_masks,
+    kept_count,
     layer_sparsities,
     magnitude_masks,
     sparsity_of,
@@ -248,7 +249,7 @@ def prune_round(
     cfg, model, layers = env.cfg, env.model, env.layers
     ctx = Context(
         model=model, layers=layers, target=target,
-        pruned=[int((~m).sum()) for m in masks.values()], macs=env.macs,
+        pruned=[m.numel() - kept_count(m) for m in masks.values()], macs=env.macs,
         calibration=env.calibration, input_shape=env.data.input_shape,
         cache_dir=env.cache_dir, device=env.device,
     )
@@ -357,8 +358,8 @@ def layer_rows(env: Env, masks: dict[str, torch.Tensor]) -> list[dict[str, Any]]
             "type": type(m).__name__,
             "shape": "x".join(map(str, m.weight.shape)),
             "weights": m.weight.numel(),
-            "kept": int(mask.sum()),
-            "sparsity": 1.0 - int(mask.sum()) / m.weight.numel(),
+            "kept": kept_count(mask),
+            "sparsity": 1.0 - kept_count(mask) / m.weight.numel(),
             "dense_macs": env.macs[name],
         })
     return rows

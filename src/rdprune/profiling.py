@@ -46,7 +46,7 @@ from torch import nn
 from rdprune.errors import UserError
 from rdprune.fxgraph import Ctx, Engine, Plan, Untraceable
 from rdprune.layers import PRUNABLE_TYPES, find_prunable, unwrap
-from rdprune.masks import magnitude_mask, magnitude_order, num_pruned
+from rdprune.masks import kept_count, magnitude_mask, magnitude_order, num_pruned
 from rdprune.progress import bar as progress_bar
 
 REDUCTIONS = ("mean", "worst")
@@ -365,7 +365,8 @@ def _fast_layer_curve(
     plan = engine.plans[li] if reuse else engine.no_reuse_plan(li, mod)
     weight = mod.weight.detach()
     numel = weight.numel()
-    zeros = int((weight == 0).sum())  # zeros come first in magnitude order: pruning them is a no-op
+    # zeros come first in magnitude order: pruning them is a no-op
+    zeros = weight.numel() - kept_count(weight != 0)
     counts = [num_pruned(numel, s) for s in grid]
     todo = sorted({c for c in counts if c > zeros})
     row = np.zeros(len(grid), dtype=np.float64)
