@@ -32,7 +32,7 @@ def shrink(cfg) -> list[str]:
         out.append("schedule.rounds=2")
     if "grid_points" in cfg.method:
         out.append("method.grid_points=3")
-    if "admm" in cfg.finetune:
+    if cfg.finetune.name == "admm":
         out += ["finetune.admm.iters=1", "finetune.admm.steps_per_iter=2"]
     return out
 

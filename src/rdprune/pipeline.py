@@ -261,7 +261,7 @@ def prune_round(
     bs = env.data.eval_batch_size
     reference = predict(model, calib, bs, env.device)
     start = time.perf_counter()
-    admm_rows = admm_stage(env, alloc.sparsities, index) if "admm" in cfg.finetune else []
+    admm_rows = admm_stage(env, alloc.sparsities, index) if cfg.finetune.name == "admm" else []
     admm_seconds = time.perf_counter() - start
     new = magnitude_masks(layers, alloc.sparsities)
     # pruned weights stay pruned, whatever the allocation says
@@ -435,7 +435,7 @@ def setup(cfg: DictConfig) -> tuple[Env, Any]:
     macs = layer_macs(model, example, list(layers))
     method = build(cfg.method)
     method.check(layers, cfg.sparsity)
-    if len(schedule_targets(cfg.schedule, cfg.sparsity)) > 1 and "admm" in cfg.finetune:
+    if len(schedule_targets(cfg.schedule, cfg.sparsity)) > 1 and cfg.finetune.name == "admm":
         raise UserError("finetune=admm works with schedule=oneshot (ADMM replaces the rounds)")
     data.calibration_indices()
     if cfg.method.get("calib_size"):
