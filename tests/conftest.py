@@ -53,3 +53,19 @@ def tiny_config(tmp_path):
         return compose_config([*TINY, *overrides], tmp_path, out)
 
     return make
+
+
+class Dying:
+    """Splits whose training batches stop with KeyboardInterrupt after ``after`` batches."""
+
+    def __init__(self, data, after: int) -> None:
+        self.data, self.after = data, after
+
+    def __getattr__(self, name):
+        return getattr(self.data, name)
+
+    def train_batches(self, *args):
+        for i, batch in enumerate(self.data.train_batches(*args)):
+            if i == self.after:
+                raise KeyboardInterrupt
+            yield batch

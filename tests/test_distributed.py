@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.multiprocessing.spawn import ProcessRaisedException
 
+from conftest import Dying
 from rdprune import cache
 from rdprune.data import synthetic
 from rdprune.distributed import (
@@ -50,22 +51,6 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(torch.relu(self.fc1(x.flatten(1))))
-
-
-class Dying:
-    """Splits whose training batches stop with KeyboardInterrupt after ``after`` batches."""
-
-    def __init__(self, data, after: int) -> None:
-        self.data, self.after = data, after
-
-    def __getattr__(self, name):
-        return getattr(self.data, name)
-
-    def train_batches(self, batch_size, seed, start, stop):
-        for i, batch in enumerate(self.data.train_batches(batch_size, seed, start, stop)):
-            if i == self.after:
-                raise KeyboardInterrupt
-            yield batch
 
 
 @pytest.fixture(scope="module", autouse=True)

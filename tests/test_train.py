@@ -7,6 +7,7 @@ import functools
 import pytest
 import torch
 
+from conftest import Dying
 from rdprune.data import synthetic
 from rdprune.layers import find_prunable
 from rdprune.masks import check_masks, magnitude_masks, masks_from_weights, sparsity_of
@@ -23,22 +24,6 @@ OPTIMIZERS = {
 @pytest.fixture(scope="module")
 def data():
     return synthetic(image_size=8, train_size=128, test_size=64, calib_size=16)
-
-
-class Dying:
-    """Splits whose training batches stop with KeyboardInterrupt after ``after`` batches."""
-
-    def __init__(self, data, after: int) -> None:
-        self.data, self.after = data, after
-
-    def __getattr__(self, name):
-        return getattr(self.data, name)
-
-    def train_batches(self, batch_size, seed, start, stop):
-        for i, batch in enumerate(self.data.train_batches(batch_size, seed, start, stop)):
-            if i == self.after:
-                raise KeyboardInterrupt
-            yield batch
 
 
 def pruned_model(seed: int = 0):
