@@ -75,7 +75,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for metric, (x, y) in {"mean": ("sum_single", "joint"),
                            "worst": ("sum_single_worst", "joint_worst")}.items():
-        groups = [("pair", "any", df[df.kind == "pair"]), ("subset", "any", df[df.kind == "subset"]),
+        groups = [("pair", "any", df[df.kind == "pair"]),
+                  ("subset", "any", df[df.kind == "subset"]),
                   *[("subset", str(n), g) for n, g in df[df.kind == "subset"].groupby("size")],
                   ("all", "any", df)]
         for kind, size, g in groups:

@@ -14,7 +14,8 @@ from rdprune import cache
 
 def test_digest_follows_content():
     a = {"w": torch.ones(3), "cfg": {"lr": 0.1, "steps": [1, 2]}}
-    assert cache.digest(a) == cache.digest({"cfg": {"steps": [1, 2], "lr": 0.1}, "w": torch.ones(3)})
+    reordered = {"cfg": {"steps": [1, 2], "lr": 0.1}, "w": torch.ones(3)}
+    assert cache.digest(a) == cache.digest(reordered)
     changed = [
         {"w": torch.ones(3).double(), "cfg": a["cfg"]},
         {"w": torch.tensor([1.0, 1.0, 1.0 + 1e-7]), "cfg": a["cfg"]},

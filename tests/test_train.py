@@ -1,4 +1,5 @@
-"""Masks survive fine-tuning (momentum, weight decay, Adam) and a save/reload; resumption is exact."""
+"""Masks survive fine-tuning (momentum, weight decay, Adam) and a save/reload; resumption is
+exact."""
 
 from __future__ import annotations
 

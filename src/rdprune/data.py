@@ -156,7 +156,7 @@ class RankShare(Sampler):
 
 
 class SeededItems(Dataset):
-    """Wraps a dataset so that item ``(index, seed)`` applies its random transform under ``seed``."""
+    """Wraps a dataset: item ``(index, seed)`` applies its random transform under ``seed``."""
 
     def __init__(self, base: Dataset) -> None:
         self.base = base

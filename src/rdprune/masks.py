@@ -16,7 +16,7 @@ from torch import nn
 
 
 def num_pruned(numel: int, sparsity: float) -> int:
-    """Number of weights removed from a layer of ``numel`` weights at ``sparsity`` (round half up)."""
+    """Weights removed from a layer of ``numel`` weights at ``sparsity`` (rounded half up)."""
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"layer sparsity must be in [0, 1], got {sparsity}")
     return min(numel, int(math.floor(sparsity * numel + 0.5)))

@@ -18,6 +18,7 @@ All cheap input checks run before any expensive work.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -328,8 +329,8 @@ def rounds_stage(env: Env, method: Any) -> tuple[list[dict[str, Any]], dict[str,
             _container(cfg.method), target, recipe_of(cfg.finetune), data_identity(cfg),
             cfg.seed, index,
         )
-        record, hit = cache.cached(env.cache_dir / "rounds" / f"{key}.pt",
-                                   lambda: prune_round(env, method, index, target, masks))
+        compute = functools.partial(prune_round, env, method, index, target, masks)
+        record, hit = cache.cached(env.cache_dir / "rounds" / f"{key}.pt", compute)
         if hit:
             env.model.load_state_dict(record["state"])
         masks = {k: v.to(env.device) for k, v in record["masks"].items()}

@@ -371,7 +371,7 @@ def baseline_table(df: pd.DataFrame, metric: str = "top1",
         labels = sorted(g["label"].unique(), key=method_rank)
         targets = sorted(g["target"].unique())
         data, cells, bold, seeds, missing, failures = [], [], set(), {}, [], []
-        for i, lab in enumerate(labels):
+        for lab in labels:
             cells.append({"Method": lab})
             for t in targets:
                 m, s, n = (stats.loc[(lab, t)] if (lab, t) in stats.index else (np.nan, np.nan, 0))

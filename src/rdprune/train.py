@@ -238,7 +238,10 @@ def run_steps(
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module, inputs: torch.Tensor, batch_size: int = 256, device: torch.device | str = "cpu"
+    model: nn.Module,
+    inputs: torch.Tensor,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Logits of ``model`` (eval mode, restored afterwards) on ``inputs``, as float32 on CPU."""
     was_training = model.training
