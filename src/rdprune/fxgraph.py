@@ -267,6 +267,10 @@ class Engine:
         if fold_bn:
             for node in list(self.graph.nodes):
                 self._maybe_fold(node)
+        if self.channels_last:  # once here, not per call: conv weights in the conv's own format
+            for node, (mod, w, b) in self.weighted.items():
+                if w.dim() == 4:
+                    self.weighted[node] = (mod, w.contiguous(memory_format=torch.channels_last), b)
 
     def _maybe_fold(self, bn_node: fx.Node) -> None:
         if bn_node.op != "call_module" or bn_node.kwargs or len(bn_node.args) != 1:
