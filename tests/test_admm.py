@@ -18,7 +18,13 @@ from rdprune import cache
 from rdprune.admm import admm_phase, project
 from rdprune.data import digits
 from rdprune.errors import UserError
-from rdprune.masks import apply_masks, magnitude_mask, magnitude_masks, num_pruned, sparsity_of
+from rdprune.masks import (
+    apply_masks,
+    magnitude_mask,
+    magnitude_masks,
+    num_pruned,
+    sparsity_of,
+)
 from rdprune.train import TrainingDivergedError, evaluate, fit
 
 torch.set_num_threads(1)

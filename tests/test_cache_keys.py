@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import TINY, compose_config
+
 from rdprune.pipeline import run
 
 BASE = [*TINY, "method=ours", "method.grid_points=4", "dataset.calib_size=16",

@@ -13,10 +13,10 @@ import pickle
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import Dying
 from torch import nn
 from torch.multiprocessing.spawn import ProcessRaisedException
 
-from conftest import Dying
 from rdprune import cache
 from rdprune.data import synthetic
 from rdprune.distributed import (

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import CONF, compose_config
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from conftest import CONF, compose_config
 from rdprune.pipeline import run
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, TINY, compose_config
+
 from rdprune.pipeline import run
 
 FAULT = [*TINY, "method=ours", "method.grid_points=21", "dense.steps=60",

@@ -7,12 +7,12 @@ import math
 
 import pandas as pd
 import pytest
-
 from conftest import TINY, compose_config
+from test_faults import kill_when, results, start
+
 from rdprune.errors import UserError
 from rdprune.pipeline import run
 from rdprune.schedules import iterative_targets, schedule_targets
-from test_faults import kill_when, results, start
 
 
 def test_iterative_targets():

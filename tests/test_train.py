@@ -7,8 +7,8 @@ import functools
 
 import pytest
 import torch
-
 from conftest import Dying
+
 from rdprune.data import synthetic
 from rdprune.layers import find_prunable
 from rdprune.masks import check_masks, magnitude_masks, masks_from_weights, sparsity_of

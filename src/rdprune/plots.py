@@ -18,6 +18,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from rdprune.runs import method_rank
+
 log = logging.getLogger(__name__)
 
 DPI = 130
@@ -47,8 +49,6 @@ def _color(label: str) -> str | None:
 
 def _ordered(g: pd.DataFrame, by: list[str]) -> list:
     """``g.groupby(by)`` with the label (first key) in the report's method order."""
-    from rdprune.report import method_rank
-
     return sorted(g.groupby(by, sort=True), key=lambda kv: (method_rank(kv[0][0]), kv[0]))
 
 

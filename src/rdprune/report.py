@@ -19,257 +19,42 @@ cells that average runs of different configs are named in README.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import os
 import shlex
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-import yaml
-from omegaconf import OmegaConf
 
 from rdprune.errors import UserError
 from rdprune.published import DISPLAY, TOLERANCE_PP, match
+from rdprune.runs import (  # noqa: F401 - re-exported for callers of the report API
+    CELL,
+    GROUP,
+    collect,
+    collect_additivity,
+    complete,
+    load_layers,
+    method_rank,
+)
+from rdprune.tables import (  # noqa: F401 - re-exported for callers of the report API
+    MISSING,
+    NA,
+    Table,
+    pm,
+    tex_escape,
+    to_latex,
+    to_markdown,
+    write_tables,
+)
 
 log = logging.getLogger(__name__)
 
-GROUP = ["model", "dataset", "schedule", "finetune"]  # one baseline table per group
-CELL = [*GROUP, "label", "target"]  # one cell: a method (label) at a target sparsity (%)
-METHOD_ORDER = ["ours", "lamp", "global_magnitude", "erk", "uniform_plus", "uniform"]
-SKIP = {".hydra", "wandb", ".submitit", "__pycache__", ".cache", ".git"}
-MISSING, NA = "missing", "–"
-#: config keys that do not change a run's result beyond its cell and seed (left out of config_id)
-VOLATILE = ("seed", "name", "sparsity", "paths", "device", "threads", "logger", "launcher",
-            "hydra", "dataset.root", "dataset.num_workers", "dataset.eval_batch_size",
-            "dataset.download")
-
-
-@dataclass
-class Table:
-    """A rendered table: display strings, the numbers behind them (the CSV) and notes."""
-
-    title: str
-    cells: pd.DataFrame  # display strings; the first ``left`` columns are text (left-aligned)
-    data: pd.DataFrame  # tidy numbers, written as CSV
-    bold: set[tuple[int, str]] = field(default_factory=set)  # (row position, column)
-    notes: list[str] = field(default_factory=list)
-    left: int = 1
-    key: str = ""
-
-
-# --------------------------------------------------------------------------------------------
-# collecting run directories
-
-
-def _scan(dirs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path], list[Path]]:
-    """Complete runs, failed/incomplete job dirs and additivity.csv files below ``dirs``."""
-    runs, failed, additivity, seen = [], [], [], set()
-    for d in dirs:
-        root = Path(d)
-        if not root.is_dir():
-            raise UserError(f"not a directory: {root} (give run or sweep directories)")
-        for dirpath, dirnames, filenames in os.walk(root):
-            here = Path(dirpath)
-            has_hydra = ".hydra" in dirnames
-            dirnames[:] = sorted(n for n in dirnames if n not in SKIP)
-            if here.resolve() in seen:
-                continue
-            seen.add(here.resolve())
-            if "additivity.csv" in filenames:
-                additivity.append(here / "additivity.csv")
-            if "metrics.json" in filenames:
-                runs.append(here)
-            # an experiment script's Hydra dir (additivity.csv, no metrics.json) is not a failed job
-            elif "FAILED" in filenames or (has_hydra and "additivity.csv" not in filenames):
-                failed.append(here)
-    return runs, failed, additivity
-
-
-#: cell field -> (key in the job's config, override name); the config wins, overrides fill in
-FIELDS = {"model": ("model_name", "model"), "dataset": ("dataset.name", "dataset"),
-          "method": ("method.name", "method"), "schedule": ("schedule.name", "schedule"),
-          "finetune": ("finetune.name", "finetune"), "target_sparsity": ("sparsity",) * 2,
-          "seed": ("seed",) * 2, "experiment": ("name",) * 2,
-          "calibration": ("method.calibration",) * 2, "reduction": ("method.reduction",) * 2,
-          "budget": ("method.budget",) * 2}
-
-
-def _job(path: Path) -> tuple[dict[str, Any], list[str], str]:
-    """Cell fields, overrides and config_id of a job dir (its config.yaml, else Hydra's)."""
-    ov_file = path / ".hydra" / "overrides.yaml"
-    overrides = [str(o) for o in (yaml.safe_load(ov_file.read_text()) or [])] \
-        if ov_file.is_file() else []
-    given = {}
-    for o in overrides:
-        if "=" in o:
-            k, v = o.split("=", 1)
-            try:
-                given[k.lstrip("+~")] = yaml.safe_load(v)
-            except yaml.YAMLError:
-                given[k.lstrip("+~")] = v
-    cfg = None
-    for p in (path / "config.yaml", path / ".hydra" / "config.yaml"):
-        try:
-            cfg = OmegaConf.load(p) if p.is_file() else None
-        except Exception as e:  # noqa: BLE001 - one broken config must not stop the report
-            log.warning("unreadable %s: %s", p, e)
-        if cfg is not None:
-            break
-    fields = {}
-    for name, (key, override) in FIELDS.items():
-        value = None
-        if cfg is not None:  # unresolvable interpolations (${hydra:...}) read as None
-            value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-        fields[name] = given.get(override) if value is None else value
-    config_id = ""
-    if cfg is not None:
-        flat = pd.json_normalize(OmegaConf.to_container(cfg, resolve=False)).iloc[0].to_dict()
-        kept = {k: str(v) for k, v in flat.items()
-                if not any(k == x or k.startswith(x + ".") for x in VOLATILE)}
-        config_id = hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:8]
-    return fields, overrides, config_id
-
-
-def _variant(calibration: Any, reduction: Any, budget: Any) -> str:
-    """Non-default settings of the rate-distortion method, as a short label."""
-    parts = []
-    if calibration == "synthetic":
-        parts.append("zero-data")
-    if reduction == "mean":
-        parts.append("mean distortion")
-    if budget == "flops":
-        parts.append("FLOPs budget")
-    return ", ".join(parts)
-
-
-def _cell_fields(fields: dict[str, Any], variant: str) -> dict[str, Any]:
-    method = fields.get("method")
-    s = fields.get("target_sparsity")
-    return {
-        "variant": variant,
-        "label": f"{method} ({variant})" if variant else method,
-        "target": round(100 * float(s), 4) if isinstance(s, (int, float)) else np.nan,
-    }
-
-
-def collect(dirs: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """Load every run below ``dirs``.
-
-    Returns:
-        ``(runs, failed)``: one row per complete run (metrics.json fields, ``target`` = target
-        sparsity in %, ``label`` = method plus non-default variant, ``config_id`` = digest of the
-        config without seed/paths/name, ``superseded`` = an older run of the same config_id,
-        cell and seed, ``run_dir``, ``overrides``); and one
-        dict per failed or incomplete job (``path``, ``status``, ``message``, ``overrides`` and
-        its cell fields where the config tells them).
-    """
-    run_dirs, bad_dirs, _ = _scan(dirs)
-    rows, failed = [], []
-    for path in bad_dirs:
-        fields, overrides, _ = _job(path)
-        fail = path / "FAILED"
-        if fail.is_file():
-            lines = [ln.strip() for ln in fail.read_text(errors="replace").splitlines()]
-            status, message = "failed", next((ln for ln in lines if ln), "(empty FAILED file)")
-        else:
-            status, message = "incomplete", "no metrics.json and no FAILED (killed or running)"
-        variant = _variant(fields.pop("calibration"), fields.pop("reduction"),
-                           fields.pop("budget"))
-        failed.append({"path": str(path), "status": status, "message": message,
-                       "overrides": overrides, **fields, **_cell_fields(fields, variant)})
-    for path in run_dirs:
-        fields, overrides, config_id = _job(path)
-        try:
-            metrics = json.loads((path / "metrics.json").read_text())
-        except (OSError, ValueError) as e:
-            failed.append({"path": str(path), "status": "failed", "overrides": overrides,
-                           "message": f"unreadable metrics.json: {e}", **fields})
-            continue
-        row: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
-        for k, v in metrics.items():
-            if isinstance(v, (str, int, float, bool)) or v is None:
-                row[k] = v
-            elif k == "seconds" and isinstance(v, dict):
-                row.update({f"seconds_{s}": t for s, t in v.items()})
-            elif k == "rounds" and isinstance(v, list):
-                row["num_rounds"] = len(v)
-        variant = _variant(fields["calibration"], fields["reduction"],
-                           metrics.get("budget_type", fields["budget"]))
-        row.update(_cell_fields(row, variant))
-        row.update(run_dir=str(path), overrides=" ".join(overrides), config_id=config_id,
-                   has_layers=(path / "layers.csv").is_file(),
-                   has_curves=(path / "rd_curves.npz").is_file(),
-                   mtime=(path / "metrics.json").stat().st_mtime)
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df, failed
-    for c in GROUP + ["method", "experiment"]:
-        df[c] = df[c].fillna("unknown").astype(str) if c in df else "unknown"
-    df["label"] = df["label"].fillna(df["method"])
-    for d in df.loc[df["target"].isna(), "run_dir"]:
-        log.warning("%s: no target sparsity in metrics.json or config; left out of tables", d)
-    df = df.drop(columns=[c for c in ("calibration", "reduction", "budget") if c in df])
-    # a re-run of the same config and seed supersedes the older; different configs in one cell
-    # are both kept (and flagged in README.md)
-    newest = df.sort_values("mtime").groupby(CELL + ["seed", "config_id"], dropna=False) \
-        .tail(1).index
-    df["superseded"] = ~df.index.isin(newest)
-    # config columns first: what W&B tables and spreadsheets group by
-    front = [c for c in [*CELL, "method", "variant", "seed", "experiment", "target_sparsity",
-                         "achieved_sparsity", "top1", "dense_top1"] if c in df]
-    df = df[front + [c for c in df.columns if c not in front]]
-    return df.sort_values(CELL + ["seed"], key=_sort_key).reset_index(drop=True), failed
-
-
-def method_rank(label: str) -> tuple[int, str]:
-    """Sort key of a method label: the paper's method first, then the baselines, then others."""
-    base = str(label).split(" (")[0]
-    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), str(label))
-
-
-def _sort_key(col: pd.Series) -> pd.Series:
-    return col.map(method_rank) if col.name == "label" else col
-
-
-def _complete(df: pd.DataFrame) -> pd.DataFrame:
-    return df[~df["superseded"]] if "superseded" in df else df
-
-
-def collect_additivity(dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:
-    """All additivity.csv files below ``dirs`` in one frame (``source`` = the file)."""
-    frames = [pd.read_csv(p).assign(source=str(p)) for p in _scan(dirs)[2]]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def load_layers(df: pd.DataFrame) -> pd.DataFrame:
-    """layers.csv of every (non-superseded) run, long, with the run's cell fields and seed."""
-    frames = []
-    for _, r in _complete(df).iterrows():
-        if r.get("has_layers"):
-            t = pd.read_csv(Path(r["run_dir"]) / "layers.csv")
-            t["position"] = range(len(t))
-            frames.append(t.assign(**{c: r[c] for c in CELL + ["seed", "run_dir"]}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
 # --------------------------------------------------------------------------------------------
 # tables
-
-
-def pm(mean: float, std: float, n: int, digits: int = 2) -> str:
-    """``mean ± std`` (std shown only for n >= 2); ``missing`` when there is no value."""
-    if n == 0 or pd.isna(mean):
-        return MISSING
-    if n >= 2 and not pd.isna(std):
-        return f"{mean:.{digits}f} ± {std:.{digits}f}"
-    return f"{mean:.{digits}f}"
 
 
 def pct(target: float) -> str:
@@ -287,7 +72,7 @@ def _num(x: Any, fmt: str) -> str:
 
 def paper_table(df: pd.DataFrame, failed: Iterable[dict[str, Any]] = ()) -> Table:
     """The paper's layout, one row per cell, with the published numbers beside where they exist."""
-    runs = _complete(df)
+    runs = complete(df)
     nfail = pd.Series([tuple(f.get(c) for c in CELL) for f in failed], dtype=object).value_counts()
     data, cells = [], []
     for key, g in runs.groupby(CELL, sort=False):
@@ -356,7 +141,7 @@ def baseline_table(df: pd.DataFrame, metric: str = "top1",
         ``{group slug: Table}``, e.g. ``{"resnet32_digits_oneshot_adamw": ...}``.
     """
     what, higher, fmt, with_std = METRICS.get(metric, (metric, True, "{:.4g}", True))
-    runs = _complete(df)
+    runs = complete(df)
     failed = [f for f in failed if all(f.get(c) is not None and not pd.isna(f.get(c))
                                        for c in CELL)]
     keys = pd.DataFrame([{c: f[c] for c in CELL} for f in failed], columns=CELL)
@@ -451,60 +236,6 @@ def layer_table(df: pd.DataFrame, layers: pd.DataFrame | None = None) -> dict[st
 
 
 # --------------------------------------------------------------------------------------------
-# rendering
-
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-        "±": r"$\pm$", "–": "--", "≥": r"$\geq$", "×": r"$\times$"}
-
-
-def tex_escape(text: Any) -> str:
-    """LaTeX-safe text: special characters escaped, ± as $\\pm$."""
-    return "".join(_TEX.get(ch, ch) for ch in str(text))
-
-
-def to_markdown(t: Table, level: int = 2) -> str:
-    """A Markdown section: heading, pipe table (bold as **x**), notes."""
-    esc = lambda s: str(s).replace("|", r"\|")  # noqa: E731
-    cols = list(t.cells.columns)
-    lines = [f"{'#' * level} {t.title}", "", "| " + " | ".join(map(esc, cols)) + " |",
-             "|" + "|".join("---" if j < t.left else "---:" for j in range(len(cols))) + "|"]
-    for i, row in enumerate(t.cells.itertuples(index=False)):
-        vals = [f"**{esc(v)}**" if (i, c) in t.bold else esc(v) for c, v in zip(cols, row)]
-        lines.append("| " + " | ".join(vals) + " |")
-    return "\n".join(lines + [""] + [f"{n}  " for n in t.notes]).rstrip() + "\n"
-
-
-def to_latex(t: Table) -> str:
-    """A booktabs table environment (bold as \\textbf{}), notes below the tabular."""
-    cols = list(t.cells.columns)
-    spec = "l" * t.left + "r" * (len(cols) - t.left)
-    lines = [r"\begin{table}[htbp]", r"\centering", r"\small",
-             rf"\caption{{{tex_escape(t.title)}}}", rf"\label{{tab:{t.key}}}",
-             rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
-             " & ".join(tex_escape(c) for c in cols) + r" \\", r"\midrule"]
-    for i, row in enumerate(t.cells.itertuples(index=False)):
-        vals = [rf"\textbf{{{tex_escape(v)}}}" if (i, c) in t.bold else tex_escape(v)
-                for c, v in zip(cols, row)]
-        lines.append(" & ".join(vals) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    lines += [r"\par\smallskip{\footnotesize " + tex_escape(n) + "}" for n in t.notes]
-    return "\n".join(lines + [r"\end{table}", ""])
-
-
-def write_tables(out: Path, name: str, tables: list[Table], heading: str) -> list[str]:
-    """``name``.md/.tex/.csv holding ``tables`` (one section each); returns the file names."""
-    if not tables:
-        return []
-    md = f"# {heading}\n\n" + "\n".join(to_markdown(t) for t in tables)
-    (out / f"{name}.md").write_text(md)
-    (out / f"{name}.tex").write_text("\n".join(to_latex(t) for t in tables))
-    pd.concat([t.data for t in tables], ignore_index=True).to_csv(out / f"{name}.csv",
-                                                                 index=False)
-    return [f"{name}.md", f"{name}.tex", f"{name}.csv"]
-
-
-# --------------------------------------------------------------------------------------------
 # the report
 
 
@@ -589,9 +320,9 @@ def write_report(dirs: Iterable[str | os.PathLike], out: str | os.PathLike, wand
         layers = load_layers(runs)
         files += write_tables(out, "layer_sparsity", list(layer_table(runs, layers).values()),
                               "Per-layer sparsity (%) by method")
-        files += plots.top1_vs_sparsity(_complete(runs), out)
+        files += plots.top1_vs_sparsity(complete(runs), out)
         files += plots.layer_sparsity(layers, out)
-        files += plots.rd_curves(_complete(runs), out)
+        files += plots.rd_curves(complete(runs), out)
     if not additivity.empty:
         add = additivity_table(additivity)
         files += write_tables(out, "additivity", [add], "Additivity of layer distortions")
@@ -607,7 +338,7 @@ def write_report(dirs: Iterable[str | os.PathLike], out: str | os.PathLike, wand
                + (f", {n_sup} superseded duplicates ignored" if n_sup else ""))
     mixed = []
     if not runs.empty and "config_id" in runs:
-        ids = _complete(runs).groupby(CELL)["config_id"].nunique()
+        ids = complete(runs).groupby(CELL)["config_id"].nunique()
         mixed = [" / ".join(map(str, k)) for k, v in ids.items() if v > 1]
         if mixed:
             log.warning("cells mixing different configs (see README.md): %s", "; ".join(mixed))
