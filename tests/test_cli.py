@@ -46,3 +46,17 @@ def test_bad_input_is_one_line_nonzero_exit(tmp_path, override, needle):
     assert "Traceback" not in proc.stderr and not proc.stdout.strip()
     assert not list((tmp_path / "logs").rglob("metrics.json"))
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
+def test_a_failed_sweep_job_leaves_a_marker_and_the_others_go_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_py("-m", *TINY, "method=lamp", "sparsity=0.5,1.5", f"hydra.sweep.dir={sweep}",
+                  tmp_path=tmp_path)
+    assert proc.returncode != 0  # the sweep reports its failure ...
+    ok = [p.parent.name for p in sweep.glob("*/metrics.json")]
+    failed = [p.parent.name for p in sweep.glob("*/FAILED")]
+    assert len(ok) == 1 and ok[0].endswith("sparsity=0.5")  # ... after the other job finished
+    assert len(failed) == 1 and failed[0].endswith("sparsity=1.5")
+    marker = (sweep / failed[0] / "FAILED").read_text()
+    assert "sparsity must be in [0, 1)" in marker and marker.count("\n") == 1

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import CONF
 from rdprune import models
 from rdprune.errors import UserError
 from rdprune.flops import layer_macs
@@ -218,3 +219,18 @@ def test_hydra_instantiate_by_target():
     )
     model = instantiate(cfg).eval()
     assert model(torch.randn(1, 3, 16, 16)).shape == (1, 100)
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF / "model").glob("*.yaml")))
+def test_every_model_config_instantiates_from_the_root_config(option):
+    """``instantiate(cfg.model)`` after composing conf/config.yaml, as external checks do."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("config", overrides=[f"model={option}"])
+    if cfg.model.get("pretrained"):
+        cfg.model.pretrained = False  # no download here; the offline error is tested above
+    model = instantiate(cfg.model)
+    assert isinstance(model, torch.nn.Module)
+    assert cfg.model_name  # every model config names itself for outputs and W&B tags
