@@ -51,7 +51,7 @@ def test_bad_input_is_one_line_nonzero_exit(tmp_path, override, needle):
 @pytest.mark.slow
 def test_a_failed_sweep_job_leaves_a_marker_and_the_others_go_on(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_py("-m", *TINY, "method=lamp", "sparsity=0.5,1.5", f"hydra.sweep.dir={sweep}",
+    proc = run_py("-m", *TINY, "method=lamp", "sparsity=1.5,0.5", f"hydra.sweep.dir={sweep}",
                   tmp_path=tmp_path)
     assert proc.returncode != 0  # the sweep reports its failure ...
     ok = [p.parent.name for p in sweep.glob("*/metrics.json")]
