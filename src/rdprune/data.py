@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,7 @@ class Splits:
     calib_size: int
     num_workers: int = 0
     eval_batch_size: int = 256
+    _calibration: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def calibration_indices(self, size: int | None = None) -> list[int]:
         """Evenly strided indices into the training split: the same for every method and run."""
@@ -69,10 +70,15 @@ class Splits:
         return [i * n // size for i in range(size)]
 
     def calibration(self, size: int | None = None) -> torch.Tensor:
-        """The calibration inputs, stacked: ``[size, *input_shape]`` (evaluation transforms)."""
+        """The calibration inputs, stacked: ``[size, *input_shape]`` (evaluation transforms).
+
+        Loaded once per size and kept (the same tensor for every round and method of a run).
+        """
         idx = self.calibration_indices(size)
-        loader = self.loader(torch.utils.data.Subset(self.train_eval, idx))
-        return torch.cat([x for x, _ in loader])
+        if len(idx) not in self._calibration:
+            loader = self.loader(torch.utils.data.Subset(self.train_eval, idx))
+            self._calibration[len(idx)] = torch.cat([x for x, _ in loader])
+        return self._calibration[len(idx)]
 
     def loader(self, dataset: Dataset, batch_size: int | None = None) -> DataLoader:
         """An ordered evaluation loader over ``dataset``."""

@@ -38,6 +38,7 @@ from torch import nn
 
 import rdprune
 from rdprune import cache
+from rdprune.admm import admm_phase
 from rdprune.data import Splits
 from rdprune.errors import UserError
 from rdprune.flops import flops_remaining, layer_macs
@@ -160,9 +161,6 @@ class Env:
     out_dir: Path
     logger: Any
 
-    def calibration(self, size: int | None = None) -> torch.Tensor:
-        return self.data.calibration(size)
-
 
 def dense_stage(env: Env) -> dict[str, Any]:
     """Load, or train (cached), the dense model; returns its top-1 and how it was obtained."""
@@ -221,8 +219,6 @@ def admm_stage(env: Env, sparsities: list[float], index: int) -> list[dict[str, 
     Trains ``env.model`` in place (still dense); returns one row per iteration (residuals).
     """
     cfg, spec = env.cfg, env.cfg.finetune.admm
-    from rdprune.admm import admm_phase
-
     ckpt = env.cache_dir / "admm" / (cache.digest(
         "admm", cache.state_digest(env.model), sparsities, _container(spec),
         data_identity(cfg), cfg.seed, index) + ".partial.pt")
@@ -251,14 +247,14 @@ def prune_round(
     ctx = Context(
         model=model, layers=layers, target=target,
         pruned=[m.numel() - kept_count(m) for m in masks.values()], macs=env.macs,
-        calibration=env.calibration, input_shape=env.data.input_shape,
+        calibration=env.data.calibration, input_shape=env.data.input_shape,
         cache_dir=env.cache_dir, device=env.device,
     )
     start = time.perf_counter()
     alloc: Allocation = method.allocate(ctx)
     alloc_seconds = time.perf_counter() - start
 
-    calib = env.calibration(None)
+    calib = env.data.calibration()
     bs = env.data.eval_batch_size
     reference = predict(model, calib, bs, env.device)
     start = time.perf_counter()
