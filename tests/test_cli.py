@@ -60,3 +60,19 @@ def test_a_failed_sweep_job_leaves_a_marker_and_the_others_go_on(tmp_path):
     assert len(failed) == 1 and failed[0].endswith("sparsity=1.5")
     marker = (sweep / failed[0] / "FAILED").read_text()
     assert "sparsity must be in [0, 1)" in marker and marker.count("\n") == 1
+
+
+def test_slurm_launcher_composes_with_its_documented_keys():
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("config", overrides=["launcher=slurm", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    for key in ("partition", "timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb",
+                "array_parallelism", "setup"):
+        assert key in launcher, key
+    assert launcher.partition == "gpu"
