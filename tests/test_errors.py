@@ -70,3 +70,8 @@ def test_checkpoint_of_another_architecture(tiny_config, tmp_path):
         run(tiny_config(f"dense.checkpoint={path}"))
     assert "\n" not in str(info.value)
     assert "shortcut" in str(info.value)  # names the keys that differ
+
+
+def test_a_recipe_without_an_optimizer_fails_before_training(tiny_config, tmp_path):
+    assert_clean_failure(tiny_config("finetune=none", "finetune.steps=5"), tmp_path,
+                         "finetune.optimizer must be a _target_")

@@ -100,6 +100,18 @@ def recipe_of(node: DictConfig) -> dict[str, Any]:
     return _container(node)
 
 
+def check_recipe(name: str, node: DictConfig) -> None:
+    """A training recipe that will run must build an optimizer and scheduler factory."""
+    if node.steps <= 0:
+        return
+    for part in ("optimizer", "scheduler"):
+        spec = node.get(part)
+        if part == "scheduler" and spec is None:
+            continue
+        if not callable(instantiate(spec) if spec is not None else None):
+            raise UserError(f"{name}.{part} must be a _target_ + _partial_ config, got {spec}")
+
+
 def build(node: DictConfig) -> Any:
     """``hydra.utils.instantiate``, but a UserError raised by the target surfaces as itself."""
     try:
@@ -432,6 +444,9 @@ def setup(cfg: DictConfig) -> tuple[Env, Any]:
     macs = layer_macs(model, example, list(layers))
     method = build(cfg.method)
     method.check(layers, cfg.sparsity)
+    if not (cfg.dense.checkpoint or cfg.model.get("pretrained", False)):
+        check_recipe("dense", cfg.dense)
+    check_recipe("finetune", cfg.finetune)
     if len(schedule_targets(cfg.schedule, cfg.sparsity)) > 1 and cfg.finetune.name == "admm":
         raise UserError("finetune=admm works with schedule=oneshot (ADMM replaces the rounds)")
     data.calibration_indices()
