@@ -33,8 +33,8 @@ def _config(model, dataset, method, schedule, sparsity, seed, name="sweep"):
 
 def make_run(path, *, method, sparsity, seed, top1, dense, model="resnet32", dataset="digits",
              schedule="oneshot", distortion=0.1, achieved=None, flops=10.0, curves=False,
-             experiment="sweep"):
-    """A complete fake run: .hydra/, metrics.json, layers.csv (and rd_curves.npz)."""
+             experiment="sweep", rounds=None):
+    """A complete fake run: .hydra/, metrics.json, layers.csv (and rd_curves.npz, rounds.csv)."""
     overrides = [f"method={method}", f"sparsity={sparsity}", f"seed={seed}"]
     _job_dir(path, overrides, _config(model, dataset, method, schedule, sparsity, seed, experiment))
     kept = KEPT.get(method, [max(1, round(n * (1 - sparsity))) for n in SIZES])
@@ -49,10 +49,14 @@ def make_run(path, *, method, sparsity, seed, top1, dense, model="resnet32", dat
         "dense_top1": dense, "pruned_top1": top1 - 20, "top1": top1,
         "joint_distortion_mean": distortion / 10, "joint_distortion_worst": distortion,
         "num_layers": 4, "num_weights": sum(SIZES), "kept_weights": sum(kept),
-        "rounds": [{"round": 1}], "seconds": {"dense": 1.0, "allocate": 0.5}, "wall_seconds": 3.0,
+        "rounds": rounds or [{"round": 1}], "seconds": {"dense": 1.0, "allocate": 0.5}, "wall_seconds": 3.0,
         "some_future_key": "ignored gracefully", "nested_future": {"a": 1},
     }
     (path / "metrics.json").write_text(json.dumps(metrics))
+    if rounds:
+        cols = list(rounds[0])
+        (path / "rounds.csv").write_text("\n".join(
+            [",".join(cols)] + [",".join(str(r[c]) for c in cols) for r in rounds]) + "\n")
     if curves:
         grid = np.linspace(0, 1, 11)
         curve = np.array([grid ** 2 * (i + 1) for i in range(4)])
@@ -94,7 +98,11 @@ def logs(tmp_path_factory):
         make_run(root / "cifar" / "runs" / f"seed{seed}", method="ours", sparsity=0.95602,
                  seed=seed, top1=v, dense=94.0, model="resnet32", dataset="cifar10",
                  schedule="iterative", achieved=0.956, flops=3.5, curves=True,
-                 experiment="cifar")
+                 experiment="cifar", rounds=[
+                     dict(round=1, target_sparsity=0.5, achieved_sparsity=0.5,
+                          pruned_top1=80.0 + seed, top1=92.0 + seed),
+                     dict(round=2, target_sparsity=0.95602, achieved_sparsity=0.956,
+                          pruned_top1=50.0, top1=v)])
     add = root / "additivity" / "2024-01-02"
     _job_dir(add, [], {"name": "additivity"})
     (add / "additivity.csv").write_text(
@@ -181,17 +189,32 @@ def test_layer_table_and_latex_escaping(logs):
         r"a\_b \& 5\% \#1 \{x\} \textasciitilde{}\textasciicircum{}\textbackslash{}")
 
 
+def test_rounds_table_exact(logs):
+    runs, _ = report.collect([logs])
+    rounds = report.load_rounds(runs)
+    assert sorted(set(rounds["run_dir"])) == sorted(  # one-round runs have no round table
+        runs.loc[runs.schedule == "iterative", "run_dir"])
+    tables = report.rounds_table(rounds)
+    assert list(tables) == ["resnet32_cifar10_iterative_adamw_s95.602"]
+    lines = lines_of(report.to_markdown(tables["resnet32_cifar10_iterative_adamw_s95.602"]),
+                     "resnet32 / cifar10 / iterative / adamw to 95.6%")
+    assert lines[0] == "| Method | r1 (50%) | r2 (95.6%) |"
+    # seeds 0, 1: after prune 80, 81 -> mean 80.5; after fine-tune 92, 93 -> 92.50 ± 0.71
+    assert lines[2] == "| ours | 80.50 → 92.50 ± 0.71 | 50.00 → 90.80 ± 0.42 |"
+
+
 def test_cli_writes_every_file(logs, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert report.main([str(logs), "--out", "results/fixture"]) == 0
     out = tmp_path / "results" / "fixture"
     assert "13 runs, 2 failed (1 of them incomplete), 1 superseded" in capsys.readouterr().out
     for name in ("paper_table", "baselines", "baselines_distortion", "layer_sparsity",
-                 "additivity"):
+                 "additivity", "rounds"):
         for ext in ("md", "tex", "csv"):
             assert (out / f"{name}.{ext}").stat().st_size > 0, (name, ext)
     pngs = ["top1_vs_sparsity_resnet32_cifar10.png", "top1_vs_sparsity_resnet32_digits.png",
-            "layer_sparsity_resnet32_digits_oneshot_adamw.png", "rd_curves.png", "additivity.png"]
+            "layer_sparsity_resnet32_digits_oneshot_adamw.png", "rd_curves.png", "additivity.png",
+            "rounds.png"]
     for png in pngs:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     readme = (out / "README.md").read_text()

@@ -182,3 +182,26 @@ def additivity(add: pd.DataFrame, out: Path) -> list[str]:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return [_save(fig, out, "additivity.png")]
+
+
+def rounds(rounds: pd.DataFrame, out: Path) -> list[str]:
+    """Iterative runs: top-1 vs cumulative sparsity, round by round, per method; dotted = right
+    after pruning, solid = after the round's fine-tune (means over seeds)."""
+    files = []
+    groups = list(rounds.groupby(["model", "dataset", "schedule", "finetune", "target"], sort=True))
+    for key, g in groups:
+        fig = Figure(figsize=(6.4, 4.2))
+        ax = fig.add_subplot()
+        for (label,), s in _ordered(g, ["label"]):
+            stats = s.groupby("round")[["achieved_sparsity", "pruned_top1", "top1"]].mean()
+            x = 100 * stats["achieved_sparsity"]
+            ax.plot(x, stats["top1"], marker="o", color=_color(label), label=label)
+            ax.plot(x, stats["pruned_top1"], marker=".", linestyle=":", color=_color(label))
+        ax.set_xlabel("sparsity after the round (% of prunable weights removed)")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title(f"{key[0]} on {key[1]}, {key[2]}: each round "
+                     "(dotted: after pruning, solid: after fine-tune)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        files.append(_save(fig, out, _name("rounds", key, len(groups) > 1)))
+    return files

@@ -9,6 +9,7 @@ DataFrame (one row per run) and writes, as Markdown, LaTeX (booktabs) and CSV:
 - ``baselines`` / ``baselines_distortion[_mean]``: methods x target sparsities per (model,
   dataset, schedule, fine-tune) group, best per column in bold, absent cells "missing" (never 0);
 - ``layer_sparsity``: per-layer sparsity (%) by method, per group and target sparsity;
+- ``rounds`` (iterative runs only): top-1 after pruning and after fine-tuning, round by round;
 
 plus ``runs.csv``, ``failed.md``, figures (:mod:`rdprune.plots`) and a ``README.md`` holding the
 command. Statistics: mean over seeds, std with ddof=1, no ± for a single seed. If the same config
@@ -38,6 +39,7 @@ from rdprune.runs import (  # noqa: F401 - re-exported for callers of the report
     collect_additivity,
     complete,
     load_layers,
+    load_rounds,
     method_rank,
 )
 from rdprune.tables import (  # noqa: F401 - re-exported for callers of the report API
@@ -235,6 +237,42 @@ def layer_table(df: pd.DataFrame, layers: pd.DataFrame | None = None) -> dict[st
     return out
 
 
+def rounds_table(rounds: pd.DataFrame) -> dict[str, Table]:
+    """Iterative runs round by round: rows = methods, one column per round (its target).
+
+    A cell reads ``after prune → after fine-tune`` (top-1 %, mean over seeds; ± on the final
+    one). One table per (model, dataset, schedule, fine-tune, final target sparsity).
+    """
+    out: dict[str, Table] = {}
+    if rounds.empty:
+        return out
+    for key, g in rounds.groupby(GROUP + ["target"], sort=True):
+        stats = g.groupby(["label", "round"]).agg(
+            target_sparsity=("target_sparsity", "mean"), achieved_sparsity=(
+                "achieved_sparsity", "mean"), pruned_top1=("pruned_top1", "mean"),
+            top1=("top1", "mean"), top1_std=("top1", "std"), seeds=("top1", "count"),
+        ).reset_index()
+        labels = sorted(stats["label"].unique(), key=method_rank)
+        cols = {r: f"r{r} ({pct(100 * t)})" for r, t in
+                stats.groupby("round")["target_sparsity"].first().items()}
+        cells = []
+        for lab in labels:
+            row = {"Method": lab}
+            for _, s in stats[stats.label == lab].iterrows():
+                row[cols[s["round"]]] = (f"{s['pruned_top1']:.2f} → "
+                                         f"{pm(s['top1'], s['top1_std'], int(s['seeds']), 2)}")
+            cells.append(row)
+        table = pd.DataFrame(cells, columns=["Method", *cols.values()]).fillna(MISSING)
+        data = stats.assign(**dict(zip(GROUP + ["final_target"], key)))
+        slug = "_".join(str(k) for k in key[:-1]) + f"_s{key[-1]:g}"
+        title = " / ".join(str(k) for k in key[:-1]) + f" to {pct(key[-1])}"
+        out[slug] = Table(title, table, data, notes=[
+            "Each round: top-1 (%) right after pruning → after that round's fine-tune, mean over "
+            "seeds (± std of the latter, ddof=1); column = round and its cumulative target."],
+            left=1, key=slug)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # the report
 
@@ -320,6 +358,11 @@ def write_report(dirs: Iterable[str | os.PathLike], out: str | os.PathLike, wand
         layers = load_layers(runs)
         files += write_tables(out, "layer_sparsity", list(layer_table(runs, layers).values()),
                               "Per-layer sparsity (%) by method")
+        rounds = load_rounds(runs)
+        if not rounds.empty:
+            files += write_tables(out, "rounds", list(rounds_table(rounds).values()),
+                                  "Iterative pruning round by round")
+            files += plots.rounds(rounds, out)
         files += plots.top1_vs_sparsity(complete(runs), out)
         files += plots.layer_sparsity(layers, out)
         files += plots.rd_curves(complete(runs), out)
@@ -346,6 +389,8 @@ def write_report(dirs: Iterable[str | os.PathLike], out: str | os.PathLike, wand
     if wandb:
         tables = {"runs": runs}
         if not runs.empty:
+            if not rounds.empty:
+                tables["rounds"] = rounds
             tables.update(paper_table=paper.data, layer_sparsity=layers,
                           **{names[m]: pd.concat([t.data for t in tabs.values()])
                              for m, tabs in base.items() if tabs})
@@ -382,6 +427,7 @@ DESCRIPTIONS = {
     "baselines_distortion": "the same with the joint distortion (worst case), lower is better",
     "baselines_distortion_mean": "the same with the joint distortion (mean MSE)",
     "layer_sparsity": "per-layer sparsity (%) by method",
+    "rounds": "iterative runs round by round: top-1 after pruning and after fine-tuning",
     "additivity": "joint vs summed single-layer distortions",
     "top1_vs_sparsity": "top-1 vs target sparsity per method, dense as a dashed line",
     "rd_curves": "per-layer rate-distortion curves, chosen sparsities marked",

@@ -224,3 +224,14 @@ def load_layers(df: pd.DataFrame) -> pd.DataFrame:
             t["position"] = range(len(t))
             frames.append(t.assign(**{c: r[c] for c in CELL + ["seed", "run_dir"]}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_rounds(df: pd.DataFrame) -> pd.DataFrame:
+    """rounds.csv of every (non-superseded) run with more than one round, long, with the run's
+    cell fields and seed; empty when no run is iterative."""
+    frames = []
+    for _, r in complete(df).iterrows():
+        path = Path(r["run_dir"]) / "rounds.csv"
+        if r.get("num_rounds", 1) > 1 and path.is_file():
+            frames.append(pd.read_csv(path).assign(**{c: r[c] for c in CELL + ["seed", "run_dir"]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
