@@ -1,0 +1,42 @@
+"""The profiling benchmark scripts run end to end at toy sizes and write their reports.
+
+They are timed by hand, not here (speed claims live in results/); this only keeps them from rotting.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_profiling_toy(tmp_path):
+    out = tmp_path / "bench.txt"
+    script("bench_profiling").main(["--n", "2", "--grid-points", "3", "--reductions", "worst",
+                                    "--groups", "1", "--ablation-every", "0", "--out", str(out)])
+    text = out.read_text()
+    # both fast variants agree with the naive curves (the exact one bitwise)
+    exact = next(ln for ln in text.splitlines() if "fast, exact" in ln)
+    assert float(exact.split()[-2]) == 0.0
+    assert "s = 0 column exactly 0 in every variant: True" in text
+
+
+@pytest.mark.filterwarnings("ignore:rd_curves. the traced graph")
+def test_bench_profiling_resnet50_toy(tmp_path):
+    out = tmp_path / "r50.txt"
+    res = script("bench_profiling_resnet50").main([
+        "--device", "cpu", "--n", "1", "--image-size", "32", "--grid-points", "2",
+        "--batch-size", "1", "--naive-layers", "1", "--out", str(out)])
+    assert res["naive_rel_diff"] < 1e-4  # fast float32 vs naive on the layer timed both ways
+    text = out.read_text()
+    assert "54 prunable layers" in text and "not checked by this run" in text
