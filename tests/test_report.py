@@ -201,6 +201,8 @@ def test_rounds_table_exact(logs):
     assert lines[0] == "| Method | r1 (50%) | r2 (95.6%) |"
     # seeds 0, 1: after prune 80, 81 -> mean 80.5; after fine-tune 92, 93 -> 92.50 ± 0.71
     assert lines[2] == "| ours | 80.50 → 92.50 ± 0.71 | 50.00 → 90.80 ± 0.42 |"
+    tex = report.to_latex(tables["resnet32_cifar10_iterative_adamw_s95.602"])
+    assert r"80.50 $\rightarrow$ 92.50 $\pm$ 0.71" in tex and "→" not in tex
 
 
 def test_cli_writes_every_file(logs, tmp_path, capsys, monkeypatch):

@@ -171,6 +171,7 @@ def collect(dirs: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[
         row.update(_cell_fields(row, variant))
         row.update(run_dir=str(path), overrides=" ".join(overrides), config_id=config_id,
                    has_layers=(path / "layers.csv").is_file(),
+                   has_rounds=row.get("num_rounds", 1) > 1 and (path / "rounds.csv").is_file(),
                    has_curves=(path / "rd_curves.npz").is_file(),
                    mtime=(path / "metrics.json").stat().st_mtime)
         rows.append(row)
@@ -215,23 +216,24 @@ def collect_additivity(dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def load_layers(df: pd.DataFrame) -> pd.DataFrame:
-    """layers.csv of every (non-superseded) run, long, with the run's cell fields and seed."""
+def _per_run(df: pd.DataFrame, file: str, wanted: str) -> pd.DataFrame:
+    """``file`` of every (non-superseded) run whose flag column ``wanted`` is true, long, with the
+    run's cell fields and seed; ``position`` = row number within its file."""
     frames = []
     for _, r in complete(df).iterrows():
-        if r.get("has_layers"):
-            t = pd.read_csv(Path(r["run_dir"]) / "layers.csv")
+        if r.get(wanted):
+            t = pd.read_csv(Path(r["run_dir"]) / file)
             t["position"] = range(len(t))
             frames.append(t.assign(**{c: r[c] for c in CELL + ["seed", "run_dir"]}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def load_layers(df: pd.DataFrame) -> pd.DataFrame:
+    """layers.csv of every (non-superseded) run, long, with the run's cell fields and seed."""
+    return _per_run(df, "layers.csv", "has_layers")
+
+
 def load_rounds(df: pd.DataFrame) -> pd.DataFrame:
     """rounds.csv of every (non-superseded) run with more than one round, long, with the run's
     cell fields and seed; empty when no run is iterative."""
-    frames = []
-    for _, r in complete(df).iterrows():
-        path = Path(r["run_dir"]) / "rounds.csv"
-        if r.get("num_rounds", 1) > 1 and path.is_file():
-            frames.append(pd.read_csv(path).assign(**{c: r[c] for c in CELL + ["seed", "run_dir"]}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return _per_run(df, "rounds.csv", "has_rounds")

@@ -35,7 +35,8 @@ def pm(mean: float, std: float, n: int, digits: int = 2) -> str:
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
         "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-        "±": r"$\pm$", "–": "--", "≥": r"$\geq$", "×": r"$\times$"}
+        "±": r"$\pm$", "–": "--", "≥": r"$\geq$", "×": r"$\times$",
+        "→": r"$\rightarrow$"}
 
 
 def tex_escape(text: Any) -> str:
