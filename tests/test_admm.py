@@ -22,6 +22,7 @@ from rdprune.masks import (
     apply_masks,
     magnitude_mask,
     magnitude_masks,
+    magnitude_order,
     num_pruned,
     sparsity_of,
 )
@@ -75,6 +76,11 @@ def test_project_matches_magnitude_mask(shape, seed):
         z = project(w, keep)
         assert z.shape == w.shape
         assert torch.equal(z, torch.where(mask, w, torch.zeros_like(w)))
+        # and, independently, the ``keep`` last entries of the stable magnitude order
+        expected = torch.zeros(n)
+        kept = magnitude_order(w)[n - keep :]
+        expected[kept] = w.flatten()[kept]
+        assert torch.equal(z.flatten(), expected)
 
 
 def test_project_keeps_exact_count_under_ties():

@@ -33,11 +33,12 @@ from rdprune import cache
 from rdprune.data import Splits, step_seed
 from rdprune.errors import UserError
 from rdprune.layers import unwrap
-from rdprune.masks import magnitude_order, num_pruned
+from rdprune.masks import num_pruned, smallest_pruned
 from rdprune.progress import bar as progress_bar
 from rdprune.train import TrainingDivergedError, autocast
 
 log = logging.getLogger(__name__)
+
 
 def project(w: torch.Tensor, keep: int) -> torch.Tensor:
     """Euclidean projection onto ``{at most keep non-zeros}``: the Z-step of ADMM.
@@ -57,11 +58,8 @@ def project(w: torch.Tensor, keep: int) -> torch.Tensor:
     n = w.numel()
     if not 0 <= keep <= n:
         raise ValueError(f"keep must be in [0, {n}], got {keep}")
-    flat = w.detach().flatten()
-    out = torch.zeros_like(flat)
-    kept = magnitude_order(flat)[n - keep :]
-    out[kept] = flat[kept]
-    return out.view(w.shape)
+    w = w.detach()
+    return torch.where(smallest_pruned(w, n - keep), w, torch.zeros_like(w))
 
 
 def _norm(tensors: Mapping[str, torch.Tensor]) -> float:

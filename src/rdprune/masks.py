@@ -33,12 +33,16 @@ def magnitude_order(weight: torch.Tensor) -> torch.Tensor:
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Bool mask keeping all but the ``num_pruned(numel, sparsity)`` smallest-magnitude weights.
+    """Bool mask keeping all but the ``num_pruned(numel, sparsity)`` smallest-magnitude weights."""
+    return smallest_pruned(weight, num_pruned(weight.numel(), sparsity))
+
+
+def smallest_pruned(weight: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask keeping all but the ``k`` smallest-magnitude weights (``0 <= k <= numel``).
 
     The removed weights are exactly ``magnitude_order(weight)[:k]``, found in linear time: every
     weight below the k-th smallest magnitude, plus the first (by position) of those equal to it.
     """
-    k = num_pruned(weight.numel(), sparsity)
     flat = weight.detach().abs().flatten()
     mask = torch.ones(flat.numel(), dtype=torch.bool, device=weight.device)
     if k == flat.numel():
