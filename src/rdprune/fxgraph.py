@@ -47,8 +47,6 @@ class Ctx:
         return t
 
 
-
-
 class Untraceable(Exception):
     """The fast path cannot represent this model faithfully; use the naive scheme."""
 
@@ -473,23 +471,22 @@ class Engine:
 
     def full(self, x: torch.Tensor, ctx: Ctx) -> torch.Tensor:
         """The unpruned output of the traced graph (the reference ``Y``)."""
-        env: dict[fx.Node, object] = {}
-        for node in self.nodes:
-            env[node] = (
-                x if node is self.placeholder else self._run_node(node, env.__getitem__, ctx, env)
-            )
-            for dead in self.full_plan.down_free.get(node, ()):
-                env.pop(dead, None)
-        return env[self.output]
+        return self._execute(self.nodes, self.full_plan.down_free, x, ctx)[self.output]
 
     def upstream(self, plan: Plan, x: torch.Tensor, ctx: Ctx) -> dict[fx.Node, object]:
         """Values of ``plan.boundary`` for one chunk."""
+        return self._execute(plan.upstream, plan.up_free, x, ctx)
+
+    def _execute(
+        self, seq: list[fx.Node], free: dict[fx.Node, list[fx.Node]], x: torch.Tensor, ctx: Ctx
+    ) -> dict[fx.Node, object]:
+        """Run ``seq`` from the input ``x``, dropping values once ``free`` says they are dead."""
         env: dict[fx.Node, object] = {}
-        for node in plan.upstream:
+        for node in seq:
             env[node] = (
                 x if node is self.placeholder else self._run_node(node, env.__getitem__, ctx, env)
             )
-            for dead in plan.up_free.get(node, ()):
+            for dead in free.get(node, ()):
                 env.pop(dead, None)
         return env
 

@@ -366,7 +366,7 @@ def _fast_layer_curve(
     weight = mod.weight.detach()
     numel = weight.numel()
     # zeros come first in magnitude order: pruning them is a no-op
-    zeros = weight.numel() - kept_count(weight != 0)
+    zeros = numel - kept_count(weight != 0)
     counts = [num_pruned(numel, s) for s in grid]
     todo = sorted({c for c in counts if c > zeros})
     row = np.zeros(len(grid), dtype=np.float64)
