@@ -40,7 +40,7 @@ from torch import nn
 
 from rdprune.layers import find_prunable
 from rdprune.models import resnet32
-from rdprune.profiling import gaussian_inputs, rd_curves, rd_curves_naive
+from rdprune.profiling import gaussian_inputs, rd_curves, rd_curves_naive, warm_batchnorm
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,16 +64,8 @@ def build_model(seed: int, device: torch.device) -> nn.Module:
     """ResNet-32, random init, BN running stats from a few train-mode passes on random data."""
     torch.manual_seed(seed)
     model = resnet32().to(device)
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for bn in bns:
-        bn.momentum = None  # cumulative average over the passes
-    model.train()
-    with torch.no_grad():
-        for i in range(4):
-            model(gaussian_inputs(64, (3, 32, 32), seed + 100 + i, device=device))
-    for bn in bns:
-        bn.momentum = 0.1
-    return model.eval()
+    return warm_batchnorm(model, (gaussian_inputs(64, (3, 32, 32), seed + 100 + i, device=device)
+                                  for i in range(4)))
 
 
 def sync(device: torch.device) -> None:

@@ -31,7 +31,7 @@ from torch import nn
 
 from rdprune.layers import find_prunable
 from rdprune.models import torchvision_model
-from rdprune.profiling import gaussian_inputs, rd_curves, rd_curves_naive
+from rdprune.profiling import gaussian_inputs, rd_curves, rd_curves_naive, warm_batchnorm
 
 TARGET_SECONDS = 60.0
 TOLERANCE = 0.01
@@ -57,15 +57,10 @@ def build_model(pretrained: bool, size: int, seed: int, device: torch.device) ->
     """ResNet-50; at random init, BN running statistics come from train-mode passes."""
     torch.manual_seed(seed)
     model = torchvision_model("resnet50", pretrained=pretrained).to(device)
-    if not pretrained:
-        bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        for bn in bns:
-            bn.momentum = None  # cumulative average over the passes
-        model.train()
-        with torch.no_grad():
-            for i in range(2):
-                model(gaussian_inputs(16, (3, size, size), seed + 100 + i, device=device))
-    return model.eval()
+    if pretrained:
+        return model.eval()
+    return warm_batchnorm(model, (gaussian_inputs(16, (3, size, size), seed + 100 + i,
+                                                  device=device) for i in range(2)))
 
 
 def timed(device: torch.device, fn):

@@ -17,7 +17,7 @@ from torch import nn
 from rdprune.layers import find_prunable
 from rdprune.masks import apply_masks, magnitude_mask
 from rdprune.models import cifar_resnet
-from rdprune.profiling import gaussian_inputs, rd_curves, rd_curves_naive
+from rdprune.profiling import gaussian_inputs, rd_curves, rd_curves_naive, warm_batchnorm
 
 # A silent fallback to the naive scheme would make the fast-vs-naive checks vacuous.
 pytestmark = pytest.mark.filterwarnings("error::UserWarning")
@@ -353,3 +353,17 @@ def test_gaussian_inputs_deterministic():
     a, b = gaussian_inputs(4, (3, 2, 2), seed=7), gaussian_inputs(4, (3, 2, 2), seed=7)
     assert a.shape == (4, 3, 2, 2) and torch.equal(a, b)
     assert not torch.equal(a, gaussian_inputs(4, (3, 2, 2), seed=8))
+
+
+def test_warm_batchnorm_averages_batch_statistics():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, momentum=0.3))
+    batches = [gaussian_inputs(5, (3, 6, 6), seed) * (seed + 1) for seed in range(3)]
+    with torch.no_grad():
+        feats = [model[0](x) for x in batches]
+    assert warm_batchnorm(model, batches) is model and not model.training
+    bn = model[1]
+    assert bn.momentum == 0.3
+    mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    var = torch.stack([f.var((0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    torch.testing.assert_close(bn.running_mean, mean)
+    torch.testing.assert_close(bn.running_var, var)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ from rdprune.progress import bar as progress_bar
 REDUCTIONS = ("mean", "worst")
 _CHECK_SAMPLES = 4  # samples on which the traced graph is checked against the eager model
 
-__all__ = ["REDUCTIONS", "gaussian_inputs", "rd_curves", "rd_curves_naive"]
+__all__ = ["REDUCTIONS", "gaussian_inputs", "rd_curves", "rd_curves_naive", "warm_batchnorm"]
 
 Layers = Mapping[str, nn.Module] | Sequence[str] | None
 
@@ -87,6 +87,27 @@ def gaussian_inputs(
     """
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     return torch.randn((int(n), *shape), generator=gen, dtype=dtype).to(device)
+
+
+@torch.no_grad()
+def warm_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """Set every BatchNorm's running statistics to the plain average over ``batches``.
+
+    For models at random initialisation (benchmarks, tests), whose running statistics would
+    otherwise be the identity, so that folding BN is not a no-op. Runs ``model`` in train mode on
+    each batch with a cumulative average (``momentum=None``), restores each BN's momentum, and
+    returns the model in eval mode.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = None
+    model.train()
+    for x in batches:
+        model(x)
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    return model.eval()
 
 
 def rd_curves(
