@@ -37,7 +37,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from rdprune.additivity import agreement, measure, num_forwards, random_subsets
-from rdprune.pipeline import dense_stage, distortions, setup
+from rdprune.distortion import joint
+from rdprune.pipeline import dense_stage, setup
 from rdprune.train import predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
                   "weights": [m.weight.numel() for m in env.layers.values()]}
                  ).to_csv(out / "layers.csv", index=False)
     reference = predict(env.model, inputs, env.data.eval_batch_size, env.device)
-    zero = distortions(reference, torch.zeros_like(reference))
+    zero = joint(reference, torch.zeros_like(reference))
     plot(df, summary, out / "additivity.png", n, zero)
 
     text = table(summary)

@@ -8,7 +8,7 @@ inputs, and compares the logits with the reference logits; single-layer distorti
 once per (layer, sparsity) and reused by every subset that contains the layer. The model's weights
 are restored after every measurement.
 
-Distortions are those of :func:`rdprune.pipeline.distortions`: ``mean`` (mean over samples and
+Distortions are those of :func:`rdprune.distortion.joint`: ``mean`` (mean over samples and
 logits of the squared logit error) and ``worst`` (max over samples of the per-sample mean).
 """
 
@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from rdprune import distortion
 from rdprune.masks import apply_masks, magnitude_mask
-from rdprune.pipeline import distortions
 from rdprune.progress import bar as progress_bar
 from rdprune.train import predict
 
-#: the distortions recorded (keys of :func:`rdprune.pipeline.distortions`)
-METRICS = ("mean", "worst")
+#: the distortions recorded (keys of :func:`rdprune.distortion.joint`)
+METRICS = distortion.REDUCTIONS
 
 
 @contextlib.contextmanager
@@ -113,7 +113,7 @@ def measure(
 
     def run(indices: tuple[int, ...], s: float) -> dict[str, float]:
         with pruned(layers, {names[i]: mask(i, s) for i in indices}):
-            return distortions(reference, predict(model, inputs, batch_size, device))
+            return distortion.joint(reference, predict(model, inputs, batch_size, device))
 
     rows = []
     bar = progress_bar(total=num_forwards([ix for _, ix in subsets], sparsities) - 1,
