@@ -16,7 +16,7 @@ from torch import nn
 
 from rdprune.layers import find_prunable
 from rdprune.masks import apply_masks, magnitude_mask
-from rdprune.models import cifar_resnet
+from rdprune.models import cifar_resnet, efficientnet_b0
 from rdprune.profiling import gaussian_inputs, rd_curves, rd_curves_naive, warm_batchnorm
 
 # A silent fallback to the naive scheme would make the fast-vs-naive checks vacuous.
@@ -253,6 +253,83 @@ def test_float32_exact_mode_bitwise_defaults_within_1e5():
     fast_bf16 = rd_curves(model, x, GRID, "worst", progress=False, **auto)
     assert np.isfinite(fast_bf16).all() and (fast_bf16[:, 0] == 0).all()
     assert (fast_bf16[:, -1] > 0).all()
+
+
+def test_efficientnet_every_option_fast_and_within_model_noise():
+    """Random-init EfficientNet-B0 (warmed BN), float32: rounding differences of folding and
+    channels-last are ~1e-4 of the curves, like the naive scheme's own under a one-ulp input
+    nudge. Whatever the options, the trace check keeps the fast path (no fallback warning) and
+    the curves stay within 8 x that noise (the bound in rdprune.profiling's docstring)."""
+    torch.manual_seed(0)
+    model = warm_batchnorm(efficientnet_b0(), [gaussian_inputs(8, (3, 32, 32), 100 + i)
+                                               for i in range(2)])
+    x = gaussian_inputs(4, (3, 32, 32), seed=1)
+    layers = list(find_prunable(model, x[:1]))[::10]
+    grid = [0.0, 0.05, 0.5, 1.0]
+    kw = dict(layers=layers, progress=False, batch_size=4)
+    naive = rd_curves_naive(model, x, grid, "worst", **kw)
+    sign = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    nudged = rd_curves_naive(model, x * (1 + torch.finfo(x.dtype).eps * sign), grid, "worst",
+                             **kw)
+
+    def rel(a: np.ndarray) -> float:
+        return float((np.abs(a - naive).max(axis=1) / np.abs(naive).max(axis=1)).max())
+
+    noise = rel(nudged)
+    assert 1e-7 < noise < 1e-3
+    for fold_bn in (False, True):
+        for channels_last in (False, True):
+            fast = rd_curves(model, x, grid, "worst", fold_bn=fold_bn,
+                             channels_last=channels_last, **kw)
+            assert rel(fast) <= 8 * noise, (fold_bn, channels_last)
+            if not (fold_bn or channels_last):
+                np.testing.assert_array_equal(fast, naive)
+
+
+class Cancelling(nn.Module):
+    """Logits are the small difference of two large ones: a float32 condition number of ~1e4."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc_a, self.fc_b = nn.Linear(8, 5), nn.Linear(8, 5)
+        with torch.no_grad():
+            self.fc_b.weight.copy_(self.fc_a.weight * (1 + 1e-4 * torch.randn(5, 8)))
+            self.fc_b.bias.copy_(self.fc_a.bias)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.conv(x))).mean((2, 3))
+        return self.fc_a(h) - self.fc_b(h)
+
+
+def test_trace_check_tolerance_follows_the_models_own_noise():
+    """Folding BN moves these logits by ~1e-3 of their size, beyond a fixed 1000-ulp tolerance,
+    but no further than a one-ulp input nudge moves them: the fast path is kept, and its curves
+    are as close to the naive ones as the naive ones are to themselves under the nudge."""
+    torch.manual_seed(0)
+    model = warm_batchnorm(Cancelling(), [gaussian_inputs(8, (3, 8, 8), 10)])
+    x = _inputs(dtype=torch.float32)
+    sign = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    naive = rd_curves_naive(model, x, GRID, "mean", progress=False)
+    nudged = rd_curves_naive(model, x * (1 + torch.finfo(x.dtype).eps * sign), GRID, "mean",
+                             progress=False)
+    fast = rd_curves(model, x, GRID, "mean", progress=False, channels_last=False)
+
+    def rel(a: np.ndarray) -> float:
+        return float((np.abs(a - naive).max(axis=1) / np.abs(naive).max(axis=1)).max())
+
+    assert rel(fast) <= 8 * rel(nudged)
+    with torch.no_grad():
+        y = model(x)
+        folded = copy.deepcopy(model)
+        bn = folded.bn
+        scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+        folded.conv.weight.mul_(scale.view(-1, 1, 1, 1))
+        folded.conv.bias = nn.Parameter(bn.bias - bn.running_mean * scale)
+        folded.bn = nn.Identity()
+        moved = float((folded(x) - y).abs().max() / y.abs().max())
+    assert moved > 1000 * torch.finfo(torch.float32).eps  # a fixed tolerance would fall back
 
 
 def test_independent_definition_check():
