@@ -4,6 +4,10 @@ A prunable layer is an ``nn.Conv2d`` or ``nn.Linear`` whose forward actually run
 is called: a module that is defined but never used (the official EfficientNet-B0 has one) is not
 prunable. Layers are listed in model order (``named_modules`` order), keyed by module name; that
 order is the one every allocation, curve and mask uses.
+
+Weights that no prunable layer's forward reads (a module that uses another module's weight
+functionally, such as ``nn.MultiheadAttention`` with its ``out_proj``, or a parameter that is not a
+module weight) are outside the prunable set; :func:`unprunable_weights` lists them.
 """
 
 from __future__ import annotations
@@ -57,3 +61,37 @@ def find_prunable(model: nn.Module, example: torch.Tensor) -> dict[str, nn.Modul
 def layer_weights(layers: dict[str, nn.Module]) -> list[torch.Tensor]:
     """The weight tensors of ``layers`` in order (detached views, no copy)."""
     return [m.weight.detach() for m in layers.values()]
+
+
+# Their parameters are scales and shifts, not weights (and 1-D anyway in torch's own classes).
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def unprunable_weights(model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, int]:
+    """Weights of ``model`` outside the prunable set, by parameter name: how many each holds.
+
+    A weight is a parameter with at least 2 dimensions that does not belong to a normalisation
+    module. It is outside the prunable set when it is not the ``weight`` of a module in
+    ``layers``: e.g. weights a module reads functionally (``nn.MultiheadAttention``'s
+    ``in_proj_weight`` and its ``out_proj.weight``, torchvision Swin's ``qkv`` / ``proj``), other
+    layer types (Conv1d, ConvTranspose2d, Embedding), class tokens and position embeddings.
+    Sparsities are fractions of the prunable weights only; these are never pruned.
+
+    Args:
+        model: the network.
+        layers: its prunable layers (e.g. :func:`find_prunable`).
+
+    Returns:
+        ``{parameter name: number of elements}`` in ``named_parameters`` order (shared
+        parameters once); empty when every weight is prunable.
+    """
+    model = unwrap(model)
+    prunable = {id(m.weight) for m in layers.values()}
+    norm_params = {
+        id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters()
+    }
+    return {
+        name: p.numel()
+        for name, p in model.named_parameters()
+        if p.dim() >= 2 and id(p) not in prunable and id(p) not in norm_params
+    }

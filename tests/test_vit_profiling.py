@@ -1,0 +1,182 @@
+"""Vision transformers on the traced fast path, grid batching, and weights outside the prunable set.
+
+Float32 models at 32x32 with patch 8 (17 tokens). Without BN folding and channels-last the fast
+path runs the naive scheme's kernels on the same values: bitwise equal curves. Otherwise the
+claim is relative to the model's own noise (see :func:`noise`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from rdprune.layers import find_prunable, unprunable_weights
+from rdprune.profiling import gaussian_inputs, rd_curves, rd_curves_naive
+
+# Any warning (a fallback to the naive scheme, grid batching giving up) fails a test.
+pytestmark = pytest.mark.filterwarnings("error::UserWarning")
+
+GRID = [0.0, 0.2, 0.6, 0.9, 1.0]
+NOISE_FACTOR = 8  # the bound stated in rdprune.profiling's docstring
+
+
+def timm_vit(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(
+        name, pretrained=False, img_size=32, patch_size=8, num_classes=10, depth=2
+    ).eval()
+
+
+def torchvision_vit() -> nn.Module:
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+        num_classes=10,
+    )  # fmt: skip
+    nn.init.normal_(model.heads.head.weight, std=0.2)  # zero at init: every curve would be 0
+    return model.eval()
+
+
+MODELS = {
+    "timm_vit_tiny": lambda: timm_vit("vit_tiny_patch16_224"),
+    "timm_deit_tiny": lambda: timm_vit("deit_tiny_patch16_224"),
+    "torchvision_vit": torchvision_vit,
+}
+
+
+def inputs(n: int = 4) -> torch.Tensor:
+    return gaussian_inputs(n, (3, 32, 32), seed=1)
+
+
+def nudged(x: torch.Tensor) -> torch.Tensor:
+    """Every input moved by one ulp, up or down at random."""
+    sign = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    return x * (1 + torch.finfo(x.dtype).eps * sign)
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest per-layer max |a - b| / max |b|."""
+    return float((np.abs(a - b).max(axis=1) / np.abs(b).max(axis=1)).max())
+
+
+def noise(model: nn.Module, x: torch.Tensor, naive: np.ndarray, **kw) -> float:
+    """How far the naive curves move when the inputs move by one ulp."""
+    return rel(rd_curves_naive(model, nudged(x), GRID, **kw), naive)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_vit_fast_path_equals_naive(name):
+    model = MODELS[name]()
+    x = inputs()
+    kw = dict(reduction="worst", progress=False, batch_size=4)
+    naive = rd_curves_naive(model, x, GRID, **kw)
+    assert (naive[:, 0] == 0).all() and (naive[:, -1] > 0).all()
+    exact = rd_curves(model, x, GRID, fold_bn=False, channels_last=False, **kw)
+    np.testing.assert_array_equal(exact, naive)
+    bound = NOISE_FACTOR * noise(model, x, naive, **kw)
+    assert 0 < bound < 1e-3
+    for options in ({}, {"grid_batch": 2}, {"grid_batch": 3, "fold_bn": False}):
+        fast = rd_curves(model, x, GRID, **options, **kw)
+        assert rel(fast, naive) <= bound, options
+
+
+class OptionalArguments(nn.Module):
+    """Optional forward arguments that steer Python control flow (as timm's ``attn_mask``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x, mask=None, negate=False):
+        h = self.conv(x)
+        if mask is not None:
+            h = h * mask
+        if negate:
+            h = -h
+        return self.fc(h.mean((2, 3)))
+
+
+def test_optional_forward_arguments_are_bound_to_their_defaults():
+    torch.manual_seed(0)
+    model = OptionalArguments().double().eval()
+    x = inputs().double()
+    naive = rd_curves_naive(model, x, GRID, "mean", progress=False)
+    fast = rd_curves(model, x, GRID, "mean", progress=False, grid_batch=2)
+    np.testing.assert_allclose(fast, naive, rtol=1e-10, atol=0)
+
+
+def test_timm_vit_batches_attention_layers_with_shape_reads():
+    """timm's attention reshapes with ``B, N, C = x.shape`` read upstream of qkv / proj."""
+    model = timm_vit("vit_tiny_patch16_224")
+    x = inputs(6)
+    layers = find_prunable(model, x[:1])
+    attention = [n for n in layers if ".attn." in n]
+    assert len(attention) == 4
+    naive = rd_curves_naive(model, x, GRID, "mean", layers=attention, progress=False)
+    batched = rd_curves(model, x, GRID, "mean", layers=attention, progress=False,
+                        grid_batch=4, fold_bn=False, channels_last=False)
+    bound = NOISE_FACTOR * noise(model, x, naive, reduction="mean", layers=attention,
+                                 progress=False)
+    assert rel(batched, naive) <= bound
+
+
+class NumelBatch(nn.Module):
+    """Reads the batch size through ``numel``, which planning does not treat as a shape read."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = self.stem(x)
+        n = h.numel() // 8
+        h = self.a(h).reshape(n, 2, 4).flatten(1)
+        h = self.b(h).reshape(n, 2, 4).flatten(1)
+        return self.head(h)
+
+
+def test_failed_grid_batching_warns_once_per_call_and_stays_exact():
+    torch.manual_seed(0)
+    model = NumelBatch().double().eval()
+    x = torch.randn(6, 8, dtype=torch.float64)
+    naive = rd_curves_naive(model, x, GRID, "mean", progress=False)
+    with pytest.warns(UserWarning) as record:
+        fast = rd_curves(model, x, GRID, "mean", progress=False, grid_batch=3)
+    assert len(record) == 1
+    assert "grid batching failed for 2 of 4 layers (first a: " in str(record[0].message)
+    np.testing.assert_allclose(fast, naive, rtol=1e-10, atol=0)
+
+
+def test_unprunable_weights_of_torchvision_vit():
+    model = torchvision_vit()
+    layers = find_prunable(model, inputs(1))
+    assert "encoder.layers.encoder_layer_0.self_attention.out_proj" not in layers  # functional
+    attn = "encoder.layers.encoder_layer_{}.self_attention.{}"
+    expected = {"class_token": 32, "encoder.pos_embedding": 17 * 32}
+    for i in range(2):
+        expected[attn.format(i, "in_proj_weight")] = 3 * 32 * 32
+        expected[attn.format(i, "out_proj.weight")] = 32 * 32
+    got = unprunable_weights(model, layers)
+    assert got == expected and list(got) == sorted(got, key=list(expected).index)
+
+
+def test_unprunable_weights_of_swin_and_resnet():
+    torch.manual_seed(0)
+    swin = torchvision.models.SwinTransformer(
+        patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[2, 2], window_size=[2, 2],
+        num_classes=10,
+    ).eval()  # fmt: skip
+    got = unprunable_weights(swin, find_prunable(swin, inputs(1)))
+    for stage, dim in ((1, 8), (3, 16)):
+        prefix = f"features.{stage}.0.attn."
+        assert got[prefix + "qkv.weight"] == 3 * dim * dim  # read with F.linear
+        assert got[prefix + "proj.weight"] == dim * dim
+    assert all(".norm" not in name for name in got)
+    resnet = torchvision.models.resnet18(num_classes=10)
+    assert unprunable_weights(resnet, find_prunable(resnet, inputs(1))) == {}
