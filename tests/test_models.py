@@ -176,20 +176,20 @@ def offline(monkeypatch, tmp_path):
 
 def test_torchvision_pretrained_offline_is_one_line_user_error(offline):
     with pytest.raises(UserError) as exc_info:
-        models.torchvision_model("resnet18", pretrained=True)
+        models.torchvision_model("resnet18", weights="IMAGENET1K_V1")
     msg = _one_line(exc_info)
-    assert "resnet18" in msg and "model.pretrained=false" in msg
+    assert "resnet18" in msg and "model.weights=null" in msg
     assert str(offline / "hub" / "checkpoints") in msg
 
 
 def test_named_model_pretrained_offline_is_one_line_user_error(offline):
     with pytest.raises(UserError) as exc_info:
-        models.named_model("resnet18", source="auto", pretrained=True)
-    assert "model.pretrained=false" in _one_line(exc_info)
+        models.named_model("resnet18", source="auto", weights="DEFAULT")
+    assert "model.weights=null" in _one_line(exc_info)
     with pytest.raises(UserError) as exc_info:
-        models.named_model("resnet18.a1_in1k", source="timm", pretrained=True)
+        models.named_model("resnet18.a1_in1k", source="timm", weights="DEFAULT")
     msg = _one_line(exc_info)
-    assert "resnet18.a1_in1k" in msg and "model.pretrained=false" in msg
+    assert "resnet18.a1_in1k" in msg and "model.weights=null" in msg
 
 
 def test_pretrained_from_cache_replaces_classifier_and_adapts_input(offline):
@@ -203,11 +203,38 @@ def test_pretrained_from_cache_replaces_classifier_and_adapts_input(offline):
     state = torchvision.models.resnet18().state_dict()
     torch.save(state, ckpt)
 
-    model = models.named_model("resnet18", num_classes=10, pretrained=True, in_channels=1)
+    model = models.named_model("resnet18", num_classes=10, weights="DEFAULT", in_channels=1)
     assert torch.equal(model.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
     assert torch.equal(model.conv1.weight, state["conv1.weight"].sum(dim=1, keepdim=True))
     assert model.fc.out_features == 10
     assert model.eval()(torch.randn(1, 1, 32, 32)).shape == (1, 10)
+
+
+def test_paper_weights_are_the_original_torchvision_releases():
+    """ResNet-50 and VGG-16-BN start from torchvision's original weights (the paper's dense
+    76.14 / 73.37), chosen by name: DEFAULT would be ResNet-50's V2 (80.86%)."""
+    import torchvision
+    from hydra import compose, initialize_config_dir
+
+    from rdprune.models.hub import _torchvision_weights
+
+    expected = {"resnet50": ("resnet50-0676ba61.pth", 76.13),
+                "vgg16_bn": ("vgg16_bn-6c64b313.pth", 73.36)}
+    for name, (file, top1) in expected.items():
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            cfg = compose("config", overrides=[f"model={name}", "dataset=imagenet"])
+        assert cfg.model.weights == "IMAGENET1K_V1"
+        enum = _torchvision_weights(name, cfg.model.weights)
+        assert enum.url.endswith(file)
+        assert enum.meta["_metrics"]["ImageNet-1K"]["acc@1"] == pytest.approx(top1)
+    assert torchvision.models.ResNet50_Weights.DEFAULT.name == "IMAGENET1K_V2"  # why by name
+    with pytest.raises(UserError, match="IMAGENET1K_V1"):
+        _torchvision_weights("resnet50", "IMAGENET1K_V3")
+
+
+def test_cifar_models_have_no_pretrained_weights():
+    with pytest.raises(UserError, match="model.weights=null"):
+        models.resnet32(weights="IMAGENET1K_V1")
 
 
 def test_hydra_instantiate_by_target():
@@ -228,9 +255,9 @@ def test_every_model_config_instantiates_from_the_root_config(option):
     from hydra.utils import instantiate
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose("config", overrides=[f"model={option}"])
-    if cfg.model.get("pretrained"):
-        cfg.model.pretrained = False  # no download here; the offline error is tested above
+        cfg = compose("config", overrides=[f"model={option}", "dataset=cifar10"])
+    if cfg.model.get("weights"):
+        cfg.model.weights = None  # no download here; the offline error is tested above
     model = instantiate(cfg.model)
     assert isinstance(model, torch.nn.Module)
     assert cfg.model_name  # every model config names itself for outputs and W&B tags

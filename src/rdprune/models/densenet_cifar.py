@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from rdprune.models.weights import require_random_init
 
 
 class Bottleneck(nn.Module):
@@ -84,6 +85,7 @@ def densenet121(
     growth_rate: int = 12,
     reduction: float = 0.5,
     blocks: Sequence[int] = (6, 12, 24, 16),
+    weights: str | None = None,
 ) -> CifarDenseNet:
     """CIFAR DenseNet-121 (growth 12, compression 0.5 by default).
 
@@ -93,5 +95,7 @@ def densenet121(
         growth_rate: channels each bottleneck layer adds (k).
         reduction: transition compression factor, in (0, 1].
         blocks: bottleneck layers per dense block.
+        weights: must be None (random initialisation; no pretrained weights exist).
     """
+    require_random_init("densenet121", weights)
     return CifarDenseNet(tuple(blocks), growth_rate, reduction, num_classes, in_channels)

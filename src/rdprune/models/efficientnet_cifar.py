@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from rdprune.models.weights import require_random_init
 
 # Per stage: (expansion, out channels, repeats, kernel, first stride).
 B0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
@@ -125,6 +126,9 @@ class CifarEfficientNet(nn.Module):
         return self.linear(self.dropout(out))
 
 
-def efficientnet_b0(num_classes: int = 10, in_channels: int = 3) -> CifarEfficientNet:
-    """CIFAR EfficientNet-B0 (81 prunable layers; see the module docstring)."""
+def efficientnet_b0(
+    num_classes: int = 10, in_channels: int = 3, weights: str | None = None
+) -> CifarEfficientNet:
+    """CIFAR EfficientNet-B0 (81 prunable layers; see the module docstring); random init only."""
+    require_random_init("efficientnet_b0", weights)
     return CifarEfficientNet(B0_STAGES, num_classes, in_channels)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -117,25 +118,41 @@ def _adapt_input_channels(model: nn.Module, name: str, in_channels: int) -> None
     _set_module(model, n, new)
 
 
+def _torchvision_weights(name: str, weights: str) -> Any:
+    """torchvision's weights enum member ``weights`` (e.g. "IMAGENET1K_V1", "DEFAULT") of ``name``."""
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(name)
+    choices = [w.name for w in enum]
+    if weights == "DEFAULT":
+        return enum.DEFAULT
+    if weights not in choices:
+        raise UserError(
+            f"torchvision model {name!r} has no weights {weights!r}; choose one of "
+            f"{', '.join(choices)} (or DEFAULT, or model.weights=null for random init)"
+        )
+    return enum[weights]
+
+
 def _build_torchvision(
-    name: str, num_classes: int, pretrained: bool, in_channels: int
+    name: str, num_classes: int, weights: str | None, in_channels: int, kwargs: dict[str, Any]
 ) -> nn.Module:
     import torchvision
 
-    if not pretrained:
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    if weights is None:
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     else:
-        weights = torchvision.models.get_model_weights(name).DEFAULT
+        enum = _torchvision_weights(name, weights)
         try:
-            model = torchvision.models.get_model(name, weights=weights)
+            model = torchvision.models.get_model(name, weights=enum, **kwargs)
         except OSError as exc:  # URLError, HTTPError, socket errors: no network or no file
-            url = weights.url
+            url = enum.url
             file = os.path.basename(urlparse(url).path)
             path = os.path.join(torch.hub.get_dir(), "checkpoints", file)
             raise UserError(
-                f"cannot load pretrained weights of torchvision model {name!r} "
+                f"cannot load pretrained weights {name}/{enum.name} of torchvision "
                 f"({type(exc).__name__}: {_one_line(exc)}); download {url} to {path} on a machine "
-                f"with internet, or set model.pretrained=false"
+                f"with internet, or set model.weights=null"
             ) from None
         if num_classes != IMAGENET_CLASSES:
             _replace_classifier(model, name, num_classes)
@@ -159,20 +176,28 @@ def _timm_weights_location(name: str) -> str:
     return "timm's cache"
 
 
-def _build_timm(name: str, num_classes: int, pretrained: bool, in_channels: int) -> nn.Module:
+def _build_timm(
+    name: str, num_classes: int, weights: str | None, in_channels: int, kwargs: dict[str, Any]
+) -> nn.Module:
     import timm
     from timm.models import get_pretrained_cfg
 
+    if weights not in (None, "DEFAULT"):
+        raise UserError(
+            f"timm model {name!r}: model.weights must be null or DEFAULT (pick pretrained weights "
+            f"by tag in the name, e.g. resnet18.a1_in1k), got {weights!r}"
+        )
+    pretrained = weights is not None
     if pretrained:
         cfg = get_pretrained_cfg(name)
         if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
             raise UserError(
-                f"timm model {name!r} has no pretrained weights; set model.pretrained=false "
+                f"timm model {name!r} has no pretrained weights; set model.weights=null "
                 f"or pick a tag from timm.list_pretrained()"
             )
     try:
         return timm.create_model(
-            name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels
+            name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels, **kwargs
         )
     except OSError as exc:  # huggingface_hub / urllib errors all derive from OSError
         if not pretrained:
@@ -181,7 +206,7 @@ def _build_timm(name: str, num_classes: int, pretrained: bool, in_channels: int)
             f"cannot load pretrained weights of timm model {name!r} "
             f"({type(exc).__name__}: {_one_line(exc)}); download them into "
             f"{_timm_weights_location(name)} on a machine with internet and copy that cache here, "
-            f"or set model.pretrained=false"
+            f"or set model.weights=null"
         ) from None
 
 
@@ -196,29 +221,36 @@ def _check_timm_name(name: str) -> bool:
     return not tag or name in timm.list_pretrained(f"{arch}.*")
 
 
-def torchvision_model(name: str, num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
+def torchvision_model(
+    name: str, num_classes: int = 1000, weights: str | None = None
+) -> nn.Module:
     """A torchvision classification model by name (``resnet50``, ``vgg16_bn``, ...).
 
     Args:
         name: a name from ``torchvision.models.list_models(module=torchvision.models)``.
-        num_classes: outputs of the classifier; with ``pretrained`` and a value other than 1000,
+        num_classes: outputs of the classifier; with ``weights`` and a value other than 1000,
             the ImageNet weights are loaded and then the final classifier is replaced.
-        pretrained: load torchvision's DEFAULT weights (from the torch hub cache, else download).
+        weights: ``None`` (random initialisation), a weights enum name of this model
+            (``"IMAGENET1K_V1"``: named explicitly, so a new torchvision release cannot change
+            the starting point), or ``"DEFAULT"``. Loaded from the torch hub cache, else
+            downloaded.
 
     Raises:
-        UserError: unknown name, or weights that cannot be fetched (one line, with the fix).
+        UserError: unknown name or weights, or weights that cannot be fetched (one line, with
+            the fix).
     """
     if name not in torchvision_names():
         raise _unknown(name, torchvision_names(), "torchvision")
-    return _build_torchvision(name, num_classes, pretrained, in_channels=3)
+    return _build_torchvision(name, num_classes, weights, in_channels=3, kwargs={})
 
 
 def named_model(
     name: str,
     source: str = "auto",
     num_classes: int = 1000,
-    pretrained: bool = False,
+    weights: str | None = None,
     in_channels: int = 3,
+    kwargs: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Any torchvision or timm classification model by name.
 
@@ -230,7 +262,10 @@ def named_model(
         num_classes: classifier outputs (pretrained heads are replaced when not 1000).
         in_channels: input channels; torchvision models get their first conv replaced
             (pretrained RGB filters summed / tiled), timm adapts natively.
-        pretrained: load the library's default (or tagged, for timm) pretrained weights.
+        weights: ``None`` (random initialisation), ``"DEFAULT"`` (the library's default, for
+            timm the name's pretrained tag), or a torchvision weights enum name.
+        kwargs: more keyword arguments of the model's constructor (e.g. ``img_size`` and
+            ``patch_size`` of a timm ViT for small inputs).
 
     Raises:
         UserError: unknown source or name (with up to 3 close matches), weights that cannot be
@@ -238,10 +273,11 @@ def named_model(
     """
     if source not in SOURCES:
         raise UserError(f"unknown model source {source!r}; choose one of {', '.join(SOURCES)}")
+    kwargs = dict(kwargs or {})
     if source in ("auto", "torchvision") and name in torchvision_names():
-        return _build_torchvision(name, num_classes, pretrained, in_channels)
+        return _build_torchvision(name, num_classes, weights, in_channels, kwargs)
     if source in ("auto", "timm") and _check_timm_name(name):
-        return _build_timm(name, num_classes, pretrained, in_channels)
+        return _build_timm(name, num_classes, weights, in_channels, kwargs)
     tags = _timm_tags(name) if source != "torchvision" else []
     if tags:  # a known timm architecture with an unknown pretrained tag: suggest its tags
         raise _unknown(name, tags, "timm's pretrained tags")

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rdprune.errors import UserError
+from rdprune.models.weights import require_random_init
 
 
 class LeNet5(nn.Module):
@@ -34,6 +35,9 @@ class LeNet5(nn.Module):
         return self.fc2(out)
 
 
-def lenet5(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> LeNet5:
-    """LeNet-5 (Caffe) for square ``image_size`` inputs (MNIST: 28)."""
+def lenet5(
+    num_classes: int = 10, in_channels: int = 1, image_size: int = 28, weights: str | None = None
+) -> LeNet5:
+    """LeNet-5 (Caffe) for square ``image_size`` inputs (MNIST: 28); random init only."""
+    require_random_init("lenet5", weights)
     return LeNet5(num_classes, in_channels, image_size)

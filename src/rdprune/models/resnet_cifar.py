@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rdprune.errors import UserError
+from rdprune.models.weights import require_random_init
 
 SHORTCUTS = ("conv", "A")
 
@@ -114,6 +115,9 @@ def cifar_resnet(
     return CifarResNet((depth - 2) // 6, num_classes, in_channels, shortcut=shortcut)
 
 
-def resnet32(num_classes: int = 10, in_channels: int = 3, shortcut: str = "conv") -> CifarResNet:
-    """ResNet-32 for CIFAR (see :func:`cifar_resnet`)."""
+def resnet32(
+    num_classes: int = 10, in_channels: int = 3, shortcut: str = "conv", weights: str | None = None
+) -> CifarResNet:
+    """ResNet-32 for CIFAR (see :func:`cifar_resnet`); ``weights`` must be None (random init)."""
+    require_random_init("resnet32", weights)
     return cifar_resnet(32, num_classes, in_channels, shortcut)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from rdprune.models.weights import require_random_init
 
 # Channel widths; "M" is a 2x2 max-pool closing a stage.
 VGG16_CFG: tuple[int | str, ...] = (
@@ -41,6 +42,7 @@ class CifarVGG(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
-def vgg16(num_classes: int = 10, in_channels: int = 3) -> CifarVGG:
-    """CIFAR VGG-16 (inputs of at least 32x32: five 2x max-pools)."""
+def vgg16(num_classes: int = 10, in_channels: int = 3, weights: str | None = None) -> CifarVGG:
+    """CIFAR VGG-16 (inputs of at least 32x32: five 2x max-pools); random init only."""
+    require_random_init("vgg16", weights)
     return CifarVGG(VGG16_CFG, num_classes, in_channels)
