@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=logs/admm_lenet5
 python run.py -m experiment=admm_lenet5 seed=0,1,2 hydra.sweep.dir=$out/admm
-python run.py -m experiment=admm_lenet5 finetune=adamw finetune.steps=4000 seed=0,1,2 \
+python run.py -m experiment=admm_lenet5 finetune=adamw recipe.finetune_steps=4000 seed=0,1,2 \
     hydra.sweep.dir=$out/oneshot
 python -m rdprune.report $out --out results/admm_lenet5

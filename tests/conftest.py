@@ -22,11 +22,10 @@ TINY = [
     "dataset=digits",
     "dataset.image_size=8",
     "dataset.calib_size=32",
-    "dense.steps=30",
-    "dense.batch_size=64",
+    "recipe.dense_steps=30",
     "dense.optimizer.lr=3e-3",
-    "finetune.steps=6",
-    "finetune.batch_size=64",
+    "recipe.finetune_steps=6",
+    "recipe.batch_size=64",
 ]
 
 

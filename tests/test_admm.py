@@ -253,11 +253,11 @@ def test_bad_arguments(data):
 def test_finetune_admm_config(tiny_config):
     cfg = tiny_config("finetune=admm", "model=lenet5", "dataset.image_size=16")
     ft = OmegaConf.to_container(cfg.finetune, resolve=True)
-    assert ft["name"] == "admm" and ft["steps"] == 6 and ft["batch_size"] == 64
-    assert ft["scheduler"]["T_max"] == 6
+    assert ft["name"] == "admm" and cfg.recipe.finetune_steps == 6 and cfg.recipe.batch_size == 64
+    assert ft["optimizer"] == OmegaConf.to_container(
+        tiny_config("finetune=adamw").finetune.optimizer)  # the masked retraining is adamw's
     admm = ft["admm"]
-    assert admm == {**admm, "iters": 30, "steps_per_iter": 1000, "rho": 1e-4, "rho_growth": 1.0,
-                    "batch_size": 64}
+    assert admm == {**admm, "iters": 30, "steps_per_iter": 1000, "rho": 1e-4, "rho_growth": 1.0}
     params = [nn.Parameter(torch.zeros(2))]
     assert isinstance(instantiate(cfg.finetune.admm.optimizer)(params), torch.optim.Adam)
     assert isinstance(instantiate(cfg.finetune.optimizer)(params), torch.optim.AdamW)

@@ -7,8 +7,8 @@ from conftest import TINY, compose_config
 
 from rdprune.pipeline import run
 
-BASE = [*TINY, "method=ours", "method.grid_points=4", "dataset.calib_size=16",
-        "dense.steps=10", "finetune.steps=2", "sparsity=0.5"]
+BASE = [*TINY, "method=ours", "rd.grid_points=4", "dataset.calib_size=16",
+        "recipe.dense_steps=10", "recipe.finetune_steps=2", "sparsity=0.5"]
 STAGES = ("dense", "curves", "solve", "rounds")
 
 
@@ -21,12 +21,14 @@ CHANGES = {
     "dense.optimizer.lr=0.01": {"dense", "curves", "solve", "rounds"},   # weights change
     "seed=1": {"dense", "curves", "solve", "rounds"},
     "dataset.calib_size=12": {"curves", "solve", "rounds"},             # calibration subset
-    "method.grid_points=5": {"curves", "solve", "rounds"},
-    "method.reduction=mean": {"curves", "solve", "rounds"},
-    "method.calibration=synthetic": {"curves", "solve", "rounds"},      # zero-data
+    "rd.grid_points=5": {"curves", "solve", "rounds"},
+    "rd.reduction=mean": {"curves", "solve", "rounds"},
+    "method=ours_zerodata": {"curves", "solve", "rounds"},              # zero-data
     "sparsity=0.6": {"solve", "rounds"},                                # curves reused
-    "method.budget=flops": {"solve", "rounds"},
-    "finetune.steps=3": {"rounds"},                                     # recipe
+    "flops_kept=0.5": {"solve", "rounds"},                              # FLOPs budget
+    "precision=bf16": {"dense", "curves", "solve", "rounds"},           # training precision
+    "recipe.finetune_steps=3": {"rounds"},                              # recipe
+    "recipe.finetune_schedule=cosine": {"rounds"},
     "finetune.optimizer.lr=0.01": {"rounds"},
 }
 

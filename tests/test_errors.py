@@ -50,7 +50,7 @@ def test_calibration_larger_than_training_split(tiny_config, tmp_path):
 
 
 def test_grid_with_fewer_than_two_points(tiny_config, tmp_path):
-    assert_clean_failure(tiny_config("method=ours", "method.grid_points=1"), tmp_path,
+    assert_clean_failure(tiny_config("method=ours", "rd.grid_points=1"), tmp_path,
                          "grid_points")
 
 
@@ -73,5 +73,5 @@ def test_checkpoint_of_another_architecture(tiny_config, tmp_path):
 
 
 def test_a_recipe_without_an_optimizer_fails_before_training(tiny_config, tmp_path):
-    assert_clean_failure(tiny_config("finetune=none", "finetune.steps=5"), tmp_path,
+    assert_clean_failure(tiny_config("finetune=adamw", "finetune.optimizer=null"), tmp_path,
                          "finetune.optimizer must be a _target_")

@@ -21,19 +21,19 @@ def shrink(cfg) -> list[str]:
     out = [
         "device=cpu", "threads=1", "dataset=synthetic", f"dataset.image_size={size}",
         "dataset.train_size=64", "dataset.test_size=32", "dataset.calib_size=8",
-        "dense.steps=2", "dense.batch_size=16",
+        "recipe.dense_steps=2", "recipe.batch_size=16",
     ]
-    if cfg.finetune.steps > 0:  # (finetune=none stays at 0 steps)
-        out += ["finetune.steps=2", "finetune.batch_size=16"]
-    if cfg.model.get("pretrained"):
-        out.append("model.pretrained=false")  # no download here: train the 2 dense steps
+    if cfg.recipe.finetune_steps > 0:
+        out.append("recipe.finetune_steps=2")
+    if cfg.model.get("weights"):
+        out.append("model.weights=null")  # no download here: train the 2 dense steps
     if cfg.model_name == "vgg16_bn":
         # same factory and recipe; a 138M-weight VGG only makes the smoke test slow on a CPU
         out.append("model.name=resnet18")
     if cfg.schedule.name == "iterative":
-        out.append("schedule.rounds=2")
-    if "grid_points" in cfg.method:
-        out.append("method.grid_points=3")
+        out.append("recipe.rounds=2")
+    if "options" in cfg.method:
+        out.append("rd.grid_points=3")
     if cfg.finetune.name == "admm":
         out += ["finetune.admm.iters=1", "finetune.admm.steps_per_iter=2"]
     return out

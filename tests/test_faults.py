@@ -18,8 +18,8 @@ from conftest import ROOT, TINY, compose_config
 
 from rdprune.pipeline import run
 
-FAULT = [*TINY, "method=ours", "method.grid_points=21", "dense.steps=60",
-         "dense.checkpoint_every=10", "finetune.steps=40", "finetune.checkpoint_every=10"]
+FAULT = [*TINY, "method=ours", "rd.grid_points=21", "recipe.dense_steps=60",
+         "recipe.finetune_steps=40", "checkpoint_every=10"]
 
 
 def results(metrics: dict) -> dict:
@@ -77,7 +77,7 @@ def test_sigkill_in_every_stage_then_rerun(tmp_path):
 
 @pytest.mark.slow
 def test_two_jobs_needing_the_same_dense_model_train_it_once(tmp_path):
-    args = [*TINY, "method=lamp", "dense.steps=80"]
+    args = [*TINY, "method=lamp", "recipe.dense_steps=80"]
     jobs = [start(tmp_path, *args, f"sparsity={s}", run_dir=tmp_path / f"run{s}")
             for s in (0.5, 0.8)]
     outs = [job.communicate(timeout=600)[0] for job in jobs]
@@ -90,7 +90,7 @@ def test_two_jobs_needing_the_same_dense_model_train_it_once(tmp_path):
 def test_same_seed_same_config_gives_identical_masks_and_metrics(tmp_path):
     from rdprune.cache import load
 
-    args = [*TINY, "method=ours", "method.grid_points=6"]
+    args = [*TINY, "method=ours", "rd.grid_points=6"]
     first = run(compose_config(args, tmp_path / "a"))
     second = run(compose_config(args, tmp_path / "b"))  # separate caches: computed twice
     assert results(first) == results(second)

@@ -22,7 +22,7 @@ METRIC_KEYS = {
 
 @pytest.mark.slow
 def test_quickstart_shrunk_writes_complete_outputs(tiny_config, tmp_path):
-    cfg = tiny_config("experiment=quickstart", "method.grid_points=6")
+    cfg = tiny_config("experiment=quickstart", "rd.grid_points=6")
     metrics = run(cfg)
     out = tmp_path / "out"
     saved = json.loads((out / "metrics.json").read_text())
@@ -61,8 +61,8 @@ def test_quickstart_shrunk_writes_complete_outputs(tiny_config, tmp_path):
 @pytest.mark.slow
 def test_admm_then_hard_prune_then_retrain(tiny_config, tmp_path):
     cfg = tiny_config("model=lenet5", "dataset.image_size=16", "dataset.channels=1",
-                      "method=erk", "sparsity=0.9", "finetune=admm", "finetune.steps=3",
-                      "finetune.batch_size=32", "finetune.admm.iters=3",
+                      "method=erk", "sparsity=0.9", "finetune=admm", "recipe.finetune_steps=3",
+                      "recipe.batch_size=32", "finetune.admm.iters=3",
                       "finetune.admm.steps_per_iter=2")
     metrics = run(cfg)
     out = tmp_path / "out"

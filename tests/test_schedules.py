@@ -28,14 +28,14 @@ def test_iterative_targets():
         schedule_targets({"name": "gradual"}, 0.5)
 
 
-ITER = [*TINY, "schedule=iterative", "schedule.amount=0.5", "schedule.rounds=5", "sparsity=0.8",
-        "finetune.steps=4"]
+ITER = [*TINY, "schedule=iterative", "recipe.prune_amount=0.5", "recipe.rounds=5", "sparsity=0.8",
+        "recipe.finetune_steps=4"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["ours", "lamp", "erk", "uniform_plus"])
 def test_iterative_rounds(tmp_path, method):
-    extra = ["method.grid_points=11", "method.calibration=synthetic"] if method == "ours" else []
+    extra = ["rd.grid_points=11", "method=ours_zerodata"] if method == "ours" else []
     metrics = run(compose_config([*ITER, f"method={method}", *extra], tmp_path))
     rows = pd.read_csv(tmp_path / "out" / "rounds.csv")
     assert list(rows["round"]) == [1, 2, 3]
@@ -53,7 +53,7 @@ def test_iterative_rounds(tmp_path, method):
 
 @pytest.mark.slow
 def test_pruned_weights_stay_pruned_across_rounds(tmp_path):
-    cfg = compose_config([*ITER, "method=ours", "method.grid_points=11"], tmp_path)
+    cfg = compose_config([*ITER, "method=ours", "rd.grid_points=11"], tmp_path)
     run(cfg)
     import torch
 
@@ -73,7 +73,7 @@ def test_pruned_weights_stay_pruned_across_rounds(tmp_path):
 
 @pytest.mark.slow
 def test_killed_iterative_run_resumes_from_last_round(tmp_path):
-    args = [*ITER, "method=lamp", "finetune.steps=30", "finetune.checkpoint_every=1000"]
+    args = [*ITER, "method=lamp", "recipe.finetune_steps=30", "checkpoint_every=1000"]
     reference = results(run(compose_config(args, tmp_path / "ref")))
     cache, run_dir = tmp_path / "cache", tmp_path / "run"
 

@@ -47,7 +47,7 @@ def test_wandb_run_content_and_offline_fallback(tiny_config, fake_wandb, caplog)
     assert wb.init["group"] == "my_sweep"
     assert wb.init["tags"][:3] == ["resnet32", "digits", "lamp"]
     assert wb.init["config"]["sparsity"] == cfg.sparsity
-    assert wb.init["config"]["dense"]["scheduler"]["T_max"] == cfg.dense.steps  # resolved
+    assert wb.init["config"]["model"]["num_classes"] == 10  # ${dataset.num_classes}, resolved
     assert wb.summary["top1"] == metrics["top1"]
     tables = {k for entry in wb.logged for k, v in entry.items() if isinstance(v, tuple)}
     assert {"layers", "rounds"} <= tables

@@ -33,7 +33,7 @@ from rdprune import cache
 from rdprune.data import Splits, step_seed
 from rdprune.errors import UserError
 from rdprune.layers import unwrap
-from rdprune.masks import num_pruned, smallest_pruned
+from rdprune.masks import keep_mask, num_pruned
 from rdprune.progress import bar as progress_bar
 from rdprune.train import TrainingDivergedError, autocast
 
@@ -59,7 +59,7 @@ def project(w: torch.Tensor, keep: int) -> torch.Tensor:
     if not 0 <= keep <= n:
         raise ValueError(f"keep must be in [0, {n}], got {keep}")
     w = w.detach()
-    return torch.where(smallest_pruned(w, n - keep), w, torch.zeros_like(w))
+    return torch.where(keep_mask(w, n - keep), w, torch.zeros_like(w))
 
 
 def _norm(tensors: Mapping[str, torch.Tensor]) -> float:

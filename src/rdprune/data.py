@@ -357,24 +357,41 @@ def cifar(
     )
 
 
+#: ImageNet training transforms of ``dataset.train_transform``
+TRAIN_TRANSFORMS = ("official", "standard")
+
+
 def imagenet(
     *,
     root: str,
     num_classes: int = 1000,
     image_size: int = 224,
     resize: int = 256,
+    interpolation: str = "bicubic",
+    train_transform: str = "official",
     calib_size: int = 256,
     num_workers: int = 8,
     eval_batch_size: int = 250,
     **_: object,
 ) -> Splits:
-    """ImageNet as ``root/train`` and ``root/val`` class folders (standard transforms).
+    """ImageNet as ``root/train`` and ``root/val`` class folders.
 
-    Training: random-resized crop + flip; evaluation and calibration: resize ``resize`` +
-    centre crop ``image_size``.
+    Evaluation and calibration: resize the shorter side to ``resize`` + centre crop
+    ``image_size``. Training: ``"official"`` is that same deterministic transform (the official
+    pipeline fine-tunes on it; only the order of the images is shuffled), ``"standard"`` is
+    RandomResizedCrop ``image_size`` + horizontal flip. ``interpolation`` ("bicubic", as the
+    official pipeline, or "bilinear") applies to every resize.
     """
     from torchvision.datasets import ImageFolder
+    from torchvision.transforms import InterpolationMode
 
+    if train_transform not in TRAIN_TRANSFORMS:
+        raise UserError(f"dataset.train_transform must be one of {', '.join(TRAIN_TRANSFORMS)}, "
+                        f"got {train_transform!r}")
+    modes = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
+    if interpolation not in modes:
+        raise UserError(f"dataset.interpolation must be bicubic or bilinear, got {interpolation!r}")
+    mode = modes[interpolation]
     root_path = Path(root).expanduser()
     for split in ("train", "val"):
         if not (root_path / split).is_dir():
@@ -385,8 +402,11 @@ def imagenet(
             )
     normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
                  v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    eval_tf = v2.Compose([v2.Resize(resize), v2.CenterCrop(image_size), *normalize])
-    train_tf = v2.Compose([v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip(), *normalize])
+    eval_tf = v2.Compose([v2.Resize(resize, interpolation=mode), v2.CenterCrop(image_size),
+                          *normalize])
+    train_tf = eval_tf if train_transform == "official" else v2.Compose(
+        [v2.RandomResizedCrop(image_size, interpolation=mode), v2.RandomHorizontalFlip(),
+         *normalize])
     train_raw = ImageFolder(str(root_path / "train"))
     test_raw = ImageFolder(str(root_path / "val"))
     _check_classes("imagenet", num_classes, len(train_raw.classes))
@@ -401,4 +421,3 @@ def imagenet(
         num_workers=num_workers,
         eval_batch_size=eval_batch_size,
     )
-

@@ -34,11 +34,13 @@ def magnitude_order(weight: torch.Tensor) -> torch.Tensor:
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Bool mask keeping all but the ``num_pruned(numel, sparsity)`` smallest-magnitude weights."""
-    return smallest_pruned(weight, num_pruned(weight.numel(), sparsity))
+    return keep_mask(weight, num_pruned(weight.numel(), sparsity))
 
 
-def smallest_pruned(weight: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask keeping all but the ``k`` smallest-magnitude weights (``0 <= k <= numel``).
+def keep_mask(weight: torch.Tensor, k: int) -> torch.Tensor:
+    """The keep-mask (True = kept) that removes the ``k`` smallest-magnitude weights.
+
+    ``0 <= k <= numel``.
 
     The removed weights are exactly ``magnitude_order(weight)[:k]``, found in linear time: every
     weight below the k-th smallest magnitude, plus the first (by position) of those equal to it.

@@ -51,9 +51,9 @@ from rdprune.masks import (
     magnitude_masks,
     sparsity_of,
 )
-from rdprune.methods import Allocation, Context
+from rdprune.methods import Allocation, Problem
 from rdprune.schedules import schedule_targets
-from rdprune.train import evaluate, fit, predict
+from rdprune.train import SCHEDULES, evaluate, fit, lr_schedule, predict
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,19 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"seed must be an integer, got {cfg.seed!r}")
 
 
+def budget_of(cfg: DictConfig) -> str:
+    """What the target counts: "params" (``sparsity``) or "flops" (``flops_kept``)."""
+    return "params" if cfg.get("flops_kept") is None else "flops"
+
+
+def targets(cfg: DictConfig) -> list[float]:
+    """Per-round targets: fraction of the weights (or of the dense MACs) removed after each round."""
+    goal = cfg.sparsity if budget_of(cfg) == "params" else 1.0 - float(cfg.flops_kept)
+    return schedule_targets(
+        {"name": cfg.schedule.name, "amount": cfg.recipe.prune_amount, "rounds": cfg.recipe.rounds},
+        goal)
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when present, else cpu."""
     if name == "auto":
@@ -95,21 +108,46 @@ def data_identity(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in _container(cfg.dataset).items() if k not in LOADER_KEYS}
 
 
-def recipe_of(node: DictConfig) -> dict[str, Any]:
-    """A training recipe as plain data (for cache keys)."""
-    return _container(node)
+def training(cfg: DictConfig, stage: str) -> dict[str, Any]:
+    """Everything a training stage's result depends on besides the model and data (cache keys).
+
+    ``stage`` is "dense" or "finetune"; the steps, batch size and schedule come from ``recipe``.
+    """
+    r = cfg.recipe
+    node = cfg.dense if stage == "dense" else cfg.finetune
+    spec = {
+        "optimizer": _container(node.get("optimizer")),
+        "steps": r.dense_steps if stage == "dense" else r.finetune_steps,
+        "schedule": r.dense_schedule if stage == "dense" else r.finetune_schedule,
+        "batch_size": r.batch_size, "precision": str(cfg.precision), "devices": cfg.devices,
+    }
+    if stage == "finetune":
+        spec["finetune"] = cfg.finetune.name
+        spec["admm"] = _container(cfg.finetune.get("admm"))
+    return spec
 
 
-def check_recipe(name: str, node: DictConfig) -> None:
-    """A training recipe that will run must build an optimizer and scheduler factory."""
-    if node.steps <= 0:
-        return
-    for part in ("optimizer", "scheduler"):
-        spec = node.get(part)
-        if part == "scheduler" and spec is None:
-            continue
-        if not callable(instantiate(spec) if spec is not None else None):
-            raise UserError(f"{name}.{part} must be a _target_ + _partial_ config, got {spec}")
+def schedule_factory(cfg: DictConfig, stage: str) -> Any:
+    """``optimizer -> LR scheduler`` of a training stage (picklable, for DDP workers)."""
+    spec = training(cfg, stage)
+    return functools.partial(lr_schedule, kind=spec["schedule"], steps=spec["steps"])
+
+
+def finetunes(cfg: DictConfig) -> bool:
+    """Whether each round fine-tunes (``finetune=none`` or 0 steps: no)."""
+    return cfg.finetune.name != "none" and cfg.recipe.finetune_steps > 0
+
+
+def check_recipe(name: str, cfg: DictConfig) -> None:
+    """A training stage that will run must build its optimizer and schedule factories."""
+    node = cfg.dense if name == "dense" else cfg.finetune
+    spec = node.get("optimizer")
+    if not callable(instantiate(spec) if spec is not None else None):
+        raise UserError(f"{name}.optimizer must be a _target_ + _partial_ config, got {spec}")
+    kind = training(cfg, name)["schedule"]
+    if kind not in SCHEDULES:
+        raise UserError(f"recipe.{name}_schedule must be one of {', '.join(SCHEDULES)}, "
+                        f"got {kind!r}")
 
 
 def build(node: DictConfig) -> Any:
@@ -180,21 +218,21 @@ def dense_stage(env: Env) -> dict[str, Any]:
     if cfg.dense.checkpoint:
         load_checkpoint(model, cfg.dense.checkpoint)
         source, seconds = f"checkpoint:{cfg.dense.checkpoint}", 0.0
-    elif cfg.model.get("pretrained", False):
-        source, seconds = "pretrained", 0.0
+    elif cfg.model.get("weights"):
+        source, seconds = f"pretrained:{cfg.model.weights}", 0.0
     else:
         key = cache.digest("dense", rdprune.__version__, _container(cfg.model),
-                           data_identity(cfg), recipe_of(cfg.dense), cfg.seed)
+                           data_identity(cfg), training(cfg, "dense"), cfg.seed)
         path = env.cache_dir / "dense" / f"{key}.pt"
 
         def train() -> dict[str, Any]:
             start = time.perf_counter()
             history = fit(
-                model, env.data, steps=cfg.dense.steps, batch_size=cfg.dense.batch_size,
+                model, env.data, steps=cfg.recipe.dense_steps, batch_size=cfg.recipe.batch_size,
                 optimizer=instantiate(cfg.dense.optimizer),
-                scheduler=instantiate(cfg.dense.scheduler), seed=cfg.seed, device=env.device,
+                scheduler=schedule_factory(cfg, "dense"), seed=cfg.seed, device=env.device,
                 checkpoint=path.with_suffix(".partial.pt"),
-                checkpoint_every=cfg.dense.checkpoint_every, precision=cfg.precision,
+                checkpoint_every=cfg.checkpoint_every, precision=cfg.precision,
                 devices=cfg.devices,
                 desc="dense training",
             )
@@ -232,12 +270,12 @@ def admm_stage(env: Env, sparsities: list[float], index: int) -> list[dict[str, 
     """
     cfg, spec = env.cfg, env.cfg.finetune.admm
     ckpt = env.cache_dir / "admm" / (cache.digest(
-        "admm", cache.state_digest(env.model), sparsities, _container(spec),
+        "admm", cache.state_digest(env.model), sparsities, training(cfg, "finetune"),
         data_identity(cfg), cfg.seed, index) + ".partial.pt")
     rows = admm_phase(
         env.model, env.data, env.layers, sparsities, iters=spec.iters,
         steps_per_iter=spec.steps_per_iter, rho=spec.rho, rho_growth=spec.rho_growth,
-        batch_size=spec.batch_size, optimizer=instantiate(spec.optimizer),
+        batch_size=cfg.recipe.batch_size, optimizer=instantiate(spec.optimizer),
         seed=cfg.seed + 1000 * index + 500, device=env.device, checkpoint=ckpt,
         precision=cfg.precision, desc=f"ADMM round {index}",
     )
@@ -256,14 +294,13 @@ def prune_round(
 ) -> dict[str, Any]:
     """One round: allocate, prune, measure, fine-tune. Mutates ``env.model``; returns the record."""
     cfg, model, layers = env.cfg, env.model, env.layers
-    ctx = Context(
-        model=model, layers=layers, target=target,
+    problem = Problem(
+        model=model, layers=layers, target=target, budget=budget_of(cfg),
         pruned=[m.numel() - kept_count(m) for m in masks.values()], macs=env.macs,
-        calibration=env.data.calibration, input_shape=env.data.input_shape,
-        cache_dir=env.cache_dir, device=env.device,
+        calibration=env.data.calibration(), cache_dir=env.cache_dir, device=env.device,
     )
     start = time.perf_counter()
-    alloc: Allocation = method.allocate(ctx)
+    alloc: Allocation = method.allocate(problem)
     alloc_seconds = time.perf_counter() - start
 
     calib = env.data.calibration()
@@ -280,24 +317,24 @@ def prune_round(
     joint = distortions(reference, predict(model, calib, bs, env.device))
     pruned_top1 = evaluate(model, env.data, env.device)
 
-    ft = cfg.finetune
     start = time.perf_counter()
     history = []
-    if ft.steps > 0:
+    if finetunes(cfg):
         ckpt = env.cache_dir / "finetune" / (
-            cache.digest("ft", cache.state_digest(model), new, recipe_of(ft),
+            cache.digest("ft", cache.state_digest(model), new, training(cfg, "finetune"),
                          data_identity(cfg), cfg.seed, index) + ".partial.pt")
         history = fit(
-            model, env.data, steps=ft.steps, batch_size=ft.batch_size,
-            optimizer=instantiate(ft.optimizer), scheduler=instantiate(ft.scheduler),
+            model, env.data, steps=cfg.recipe.finetune_steps, batch_size=cfg.recipe.batch_size,
+            optimizer=instantiate(cfg.finetune.optimizer),
+            scheduler=schedule_factory(cfg, "finetune"),
             seed=cfg.seed + 1000 * index, device=env.device, masks=new, checkpoint=ckpt,
-            checkpoint_every=ft.get("checkpoint_every", 500), precision=cfg.precision,
+            checkpoint_every=cfg.checkpoint_every, precision=cfg.precision,
             devices=cfg.devices,
             desc=f"fine-tune round {index}",
         )
         ckpt.unlink(missing_ok=True)
     ft_seconds = time.perf_counter() - start
-    top1 = evaluate(model, env.data, env.device) if ft.steps > 0 else pruned_top1
+    top1 = evaluate(model, env.data, env.device) if finetunes(cfg) else pruned_top1
     check_masks(layers, new, f"after fine-tuning round {index}")
 
     densities = [1.0 - s for s in layer_sparsities(new)]
@@ -331,11 +368,11 @@ def rounds_stage(env: Env, method: Any) -> tuple[list[dict[str, Any]], dict[str,
     cfg = env.cfg
     masks = {k: torch.ones_like(m.weight, dtype=torch.bool) for k, m in env.layers.items()}
     records = []
-    for index, target in enumerate(schedule_targets(cfg.schedule, cfg.sparsity), start=1):
+    for index, target in enumerate(targets(cfg), start=1):
         key = cache.digest(
             "round", rdprune.__version__, cache.state_digest(env.model), masks,
-            _container(cfg.method), target, recipe_of(cfg.finetune), data_identity(cfg),
-            cfg.seed, index,
+            _container(cfg.method), target, budget_of(cfg), training(cfg, "finetune"),
+            data_identity(cfg), cfg.dataset.calib_size, cfg.seed, index,
         )
         compute = functools.partial(prune_round, env, method, index, target, masks)
         record, hit = cache.cached(env.cache_dir / "rounds" / f"{key}.pt", compute)
@@ -417,7 +454,7 @@ def summary_table(metrics: dict[str, Any]) -> str:
         f"  {'sparsity':<22}{100 * metrics['achieved_sparsity']:8.2f} %" + (
             "" if flops_budget else f"  (target {100 * metrics['target_sparsity']:.2f} %)"),
         f"  {'FLOPs remaining':<22}{metrics['flops_remaining']:8.2f} %" + (
-            f"  (target {100 - 100 * metrics['target_sparsity']:.2f} %)" if flops_budget else ""),
+            f"  (target {100 * metrics['target_flops_kept']:.2f} %)" if flops_budget else ""),
         f"  {'joint distortion':<22}{metrics['joint_distortion_worst']:8.4g} (worst)"
         f"  {metrics['joint_distortion_mean']:.4g} (mean)",
     ]
@@ -443,15 +480,14 @@ def setup(cfg: DictConfig) -> tuple[Env, Any]:
         raise UserError(f"{type(model).__name__} has no Conv2d or Linear layer to prune")
     macs = layer_macs(model, example, list(layers))
     method = build(cfg.method)
-    method.check(layers, cfg.sparsity)
-    if not (cfg.dense.checkpoint or cfg.model.get("pretrained", False)):
-        check_recipe("dense", cfg.dense)
-    check_recipe("finetune", cfg.finetune)
-    if len(schedule_targets(cfg.schedule, cfg.sparsity)) > 1 and cfg.finetune.name == "admm":
+    method.check(layers, targets(cfg)[-1], budget_of(cfg))
+    if not (cfg.dense.checkpoint or cfg.model.get("weights")) and cfg.recipe.dense_steps > 0:
+        check_recipe("dense", cfg)
+    if finetunes(cfg):
+        check_recipe("finetune", cfg)
+    if len(targets(cfg)) > 1 and cfg.finetune.name == "admm":
         raise UserError("finetune=admm works with schedule=oneshot (ADMM replaces the rounds)")
     data.calibration_indices()
-    if cfg.method.get("calib_size"):
-        data.calibration_indices(cfg.method.calib_size)
     logger = build(cfg.logger)
     env = Env(cfg=cfg, data=data, model=model.to(device), layers=layers, macs=macs,
               device=device, cache_dir=Path(cfg.paths.cache_dir).expanduser().resolve(),
@@ -503,7 +539,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             "finetune": cfg.finetune.name,
             "experiment": cfg.name,
             "seed": cfg.seed,
-            "target_sparsity": float(cfg.sparsity),
+            "target_sparsity": float(cfg.sparsity) if budget_of(cfg) == "params" else None,
+            "target_flops_kept": cfg.flops_kept,
             "achieved_sparsity": sparsity_of(masks),
             "flops_remaining": last["flops_remaining"],
             "dense_top1": dense["top1"],

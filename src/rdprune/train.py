@@ -44,6 +44,31 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+#: learning-rate schedules of ``recipe.dense_schedule`` / ``recipe.finetune_schedule``
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_schedule(
+    optimizer: torch.optim.Optimizer, kind: str, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule of a training stage of ``steps`` optimizer steps.
+
+    Args:
+        optimizer: the stage's optimizer.
+        kind: ``"constant"`` (the optimizer's lr throughout: the official CIFAR fine-tuning) or
+            ``"cosine"`` (cosine annealing from the optimizer's lr to zero at step ``steps``).
+        steps: the stage's number of optimizer steps.
+
+    Raises:
+        UserError: an unknown ``kind``.
+    """
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
+    if kind == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    raise UserError(f"unknown learning-rate schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
+
+
 def masked_layers(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, nn.Module]:
     """The modules of ``model`` named in ``masks``."""
     modules = dict(unwrap(model).named_modules())
