@@ -1,12 +1,19 @@
-"""Benchmark: naive vs traced rate-distortion curves on ResNet-32 (CIFAR shape, 101-point grid).
+"""Benchmark: naive vs traced rate-distortion curves (CIFAR-shaped inputs, 101-point grid).
 
 Usage:
     python experiments/bench_profiling.py                      # defaults below, CPU
     python experiments/bench_profiling.py --n 32 --threads 2
+    python experiments/bench_profiling.py --model vit --n 32   # -> results/bench_profiling_vit.txt
     python experiments/bench_profiling.py --device cuda --n 1024 --batch-size 256
 
-Model: ``rdprune.models.resnet32`` at random init, BN running statistics set by a few train-mode
-passes on random inputs (so folding BN is not a no-op). Calibration: i.i.d. N(0, 1) inputs.
+Models (``--model``), at random init:
+
+* ``resnet32``: ``rdprune.models.resnet32``, BN running statistics set by a few train-mode passes
+  on random inputs (so folding BN is not a no-op);
+* ``vit``: timm ``vit_tiny_patch16_224`` built for 32x32 inputs with 8x8 patches (16 patches and a
+  class token), depth 4, 10 classes (LayerNorm: nothing to fold).
+
+Calibration: i.i.d. N(0, 1) inputs.
 
 Timing is interleaved: the layers are split into ``--groups`` groups, and for each group every
 variant computes that group's curves in turn (rotating which goes first), so load changes on a
@@ -35,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 from torch import nn
 
@@ -45,6 +53,7 @@ from rdprune.profiling import gaussian_inputs, rd_curves, rd_curves_naive, warm_
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="resnet32", choices=sorted(MODELS))
     p.add_argument("--n", type=int, default=16, help="calibration samples")
     p.add_argument("--grid-points", type=int, default=101, help="grid linspace(0, 1, points)")
     p.add_argument("--reductions", nargs="+", default=["mean", "worst"], choices=["mean", "worst"])
@@ -56,16 +65,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ablation grid: every k-th official grid point without s = 0 (0: skip)")
     p.add_argument("--ablation-rounds", type=int, default=2, help="ablation repeats (best of)")
     p.add_argument("--groups", type=int, default=4, help="layer groups for interleaved timing")
-    p.add_argument("--out", default="results/bench_profiling.txt", help="report file")
+    p.add_argument("--out", default=None,
+                   help="report file (default results/bench_profiling.txt, *_vit.txt for vit)")
     return p.parse_args(argv)  # fmt: skip
 
 
-def build_model(seed: int, device: torch.device) -> nn.Module:
+def build_resnet32(seed: int, device: torch.device) -> nn.Module:
     """ResNet-32, random init, BN running stats from a few train-mode passes on random data."""
     torch.manual_seed(seed)
     model = resnet32().to(device)
     return warm_batchnorm(model, (gaussian_inputs(64, (3, 32, 32), seed + 100 + i, device=device)
                                   for i in range(4)))
+
+
+def build_vit(seed: int, device: torch.device) -> nn.Module:
+    """timm ViT-Tiny for 32x32 inputs: 8x8 patches, depth 4, random init."""
+    torch.manual_seed(seed)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,
+                              patch_size=8, depth=4, num_classes=10)
+    return model.to(device).eval()
+
+
+# --model -> (builder, description, report file)
+MODELS = {
+    "resnet32": (build_resnet32, "ResNet-32", "results/bench_profiling.txt"),
+    "vit": (build_vit, "timm ViT-Tiny (32x32, patch 8, depth 4)",
+            "results/bench_profiling_vit.txt"),
+}
 
 
 def sync(device: torch.device) -> None:
@@ -112,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         print(msg, flush=True)
         lines.append(msg)
 
-    model = build_model(args.seed, device)
+    build, label, default_out = MODELS[args.model]
+    model = build(args.seed, device)
     x = gaussian_inputs(args.n, (3, 32, 32), args.seed + 1, device=device)
     names = list(find_prunable(model, x[:1]))
     grid = np.linspace(0.0, 1.0, args.grid_points)
@@ -125,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         f"threads {torch.get_num_threads()}, load average at start {os.getloadavg()}"
     )
     say(
-        f"# ResNet-32 (34 prunable layers found: {len(names)}), N = {args.n} Gaussian inputs "
+        f"# {label} ({len(names)} prunable layers), N = {args.n} Gaussian inputs "
         f"3x32x32, grid linspace(0, 1, {args.grid_points}), batch size {bs} for both paths"
     )
 
@@ -226,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     say("")
     say(f"# load average at end {os.getloadavg()}")
-    out = Path(args.out)
+    out = Path(args.out or default_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}", file=sys.stderr)

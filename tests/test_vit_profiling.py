@@ -7,6 +7,9 @@ claim is relative to the model's own noise (see :func:`noise`).
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import timm
@@ -180,3 +183,19 @@ def test_unprunable_weights_of_swin_and_resnet():
     assert all(".norm" not in name for name in got)
     resnet = torchvision.models.resnet18(num_classes=10)
     assert unprunable_weights(resnet, find_prunable(resnet, inputs(1))) == {}
+
+
+def test_bench_profiling_vit_toy(tmp_path):
+    """The benchmark's ViT section runs at toy size; its exact variant is bitwise naive."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / "bench_profiling.py"
+    spec = importlib.util.spec_from_file_location("bench_profiling", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.txt"
+    bench.main(["--model", "vit", "--n", "2", "--grid-points", "3", "--reductions", "worst",
+                "--groups", "1", "--ablation-every", "0", "--out", str(out)])
+    text = out.read_text()
+    assert "timm ViT-Tiny (32x32, patch 8, depth 4) (18 prunable layers)" in text
+    exact = next(ln for ln in text.splitlines() if "fast, exact" in ln)
+    assert float(exact.split()[-2]) == 0.0
+    assert "s = 0 column exactly 0 in every variant: True" in text

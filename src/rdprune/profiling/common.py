@@ -18,6 +18,7 @@ Layers = Mapping[str, nn.Module] | Sequence[str] | None
 
 
 def check_grid(grid: Sequence[float], reduction: str) -> list[float]:
+    """The grid as floats, after checking it and ``reduction`` (one-line UserErrors)."""
     check_reduction(reduction)
     grid = [float(s) for s in np.asarray(grid, dtype=np.float64).reshape(-1)]
     if not grid:
@@ -40,6 +41,7 @@ def preserve_modes(model: nn.Module) -> Iterator[None]:
 
 
 def device_of(model: nn.Module, inputs: torch.Tensor) -> torch.device:
+    """Where the model's parameters live (the inputs' device for a model without any)."""
     for p in model.parameters():
         return p.device
     return inputs.device
@@ -48,6 +50,7 @@ def device_of(model: nn.Module, inputs: torch.Tensor) -> torch.device:
 def resolve_layers(
     model: nn.Module, inputs: torch.Tensor, layers: Layers
 ) -> tuple[list[str], list[nn.Module]]:
+    """Names and modules of the layers to profile (``None``: :func:`find_prunable`'s)."""
     if inputs.dim() < 1 or inputs.shape[0] == 0:
         raise UserError("the calibration set is empty")
     if layers is None:
@@ -68,6 +71,7 @@ def resolve_layers(
 
 
 def check_output(y: object) -> None:
+    """Refuse (UserError) a model that does not return one tensor of logits."""
     if not isinstance(y, torch.Tensor) or y.dim() < 1:
         raise UserError(
             f"the model must return one tensor of logits [batch, ...], got {type(y).__name__}"
@@ -75,5 +79,6 @@ def check_output(y: object) -> None:
 
 
 def chunks(inputs: torch.Tensor, size: int, ctx: Ctx) -> Iterator[torch.Tensor]:
+    """Consecutive batches of ``size`` inputs on ``ctx``'s device, in ``ctx``'s memory format."""
     for start in range(0, inputs.shape[0], size):
         yield ctx.fmt(inputs[start : start + size].to(ctx.device, non_blocking=True))
