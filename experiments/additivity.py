@@ -67,8 +67,8 @@ def dense_env(cache_dir: str | None, out: Path, threads: int | None):
         overrides.append(f"threads={threads}")
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose("config", overrides=overrides)
-    env, _ = setup(cfg)
-    return env, dense_stage(env)
+    run = setup(cfg)
+    return run, dense_stage(run)
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:

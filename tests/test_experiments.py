@@ -63,5 +63,5 @@ def test_declared_sweeps_set_up(name, tmp_path):
             chosen = [f"experiment={name}", f"{key}={value}"]
             job = compose_config([*chosen, *shrink(compose_config(chosen, tmp_path))], tmp_path)
             OmegaConf.to_container(job, resolve=True)  # every interpolation resolves
-            env, _ = setup(job)
-            assert env.cfg.get(key.split(".")[0]) is not None
+            run = setup(job)
+            assert run.cfg.get(key.split(".")[0]) is not None

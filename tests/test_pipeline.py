@@ -15,7 +15,7 @@ from rdprune.pipeline import run
 
 METRIC_KEYS = {
     "model", "dataset", "method", "seed", "target_sparsity", "achieved_sparsity",
-    "flops_remaining", "dense_top1", "pruned_top1", "top1", "seconds",
+    "flops_kept", "dense_top1", "pruned_top1", "top1", "seconds",
     "joint_distortion_mean", "joint_distortion_worst",
 }
 
@@ -43,8 +43,8 @@ def test_quickstart_shrunk_writes_complete_outputs(tiny_config, tmp_path):
     assert len(layers) == 34 and layers.weights.sum() == 464_432
     assert layers.kept.sum() == saved["kept_weights"]
     macs = layers.dense_macs
-    expected_flops = 100 * (macs * (1 - layers.sparsity)).sum() / macs.sum()
-    assert saved["flops_remaining"] == pytest.approx(expected_flops)
+    expected_flops = (macs * (1 - layers.sparsity)).sum() / macs.sum()  # a fraction, as sparsity
+    assert saved["flops_kept"] == pytest.approx(expected_flops)
     assert (out / "config.yaml").exists() and (out / "rd_curves.npz").exists()
 
     # the saved model loads into the unpruned architecture and matches the saved masks

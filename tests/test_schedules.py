@@ -42,7 +42,7 @@ def test_iterative_rounds(tmp_path, method):
     assert list(rows.target_sparsity) == pytest.approx([0.5, 0.75, 0.8])
     for achieved, target in zip(rows.achieved_sparsity, rows.target_sparsity):
         assert achieved >= target - 0.5 * 34 / 464_432
-    for col in ("flops_remaining", "pruned_top1", "top1", "finetune_seconds",
+    for col in ("flops_kept", "pruned_top1", "top1", "finetune_seconds",
                 "allocate_seconds"):
         assert rows[col].notna().all(), col
     assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]

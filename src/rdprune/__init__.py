@@ -9,4 +9,15 @@ Vocabulary used throughout: *sparsity* is the fraction of weights removed, in [0
 forward actually runs; a *mask* is a bool tensor shaped like the layer's weight, True = kept.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+__all__ = ["__version__", "allocate", "finetune", "prune"]
+
+
+def __getattr__(name: str):
+    """The public API (:mod:`rdprune.api`), imported on first use: ``import rdprune`` stays light."""
+    if name in ("allocate", "finetune", "prune"):
+        from rdprune import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'rdprune' has no attribute {name!r}")

@@ -1,7 +1,8 @@
 """MAC counts of prunable layers, from ``torch.utils.flop_counter``.
 
-"FLOPs remaining %" = sum over conv/linear layers of dense MACs x density, divided by the dense
-total, in percent. MACs are per input sample (the counter reports FLOPs = 2 x MACs).
+"FLOPs kept" = sum over conv/linear layers of dense MACs x density, divided by the dense total: a
+fraction like sparsities (tables print it as "FLOPs remaining %"). MACs are per input sample (the
+counter reports FLOPs = 2 x MACs).
 """
 
 from __future__ import annotations
@@ -44,10 +45,10 @@ def layer_macs(
     return out
 
 
-def flops_remaining(macs: Sequence[int], densities: Sequence[float]) -> float:
-    """Remaining share of conv/linear MACs, in percent."""
+def flops_kept(macs: Sequence[int], densities: Sequence[float]) -> float:
+    """Fraction of the dense conv/linear MACs kept, in [0, 1] (tables show it in percent)."""
     total = sum(macs)
-    return 100.0 * sum(m * d for m, d in zip(macs, densities)) / total if total else 100.0
+    return sum(m * d for m, d in zip(macs, densities)) / total if total else 1.0
 
 
 def macs_per_weight(macs: Mapping[str, int], layers: Mapping[str, nn.Module]) -> list[float]:

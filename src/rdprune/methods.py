@@ -12,8 +12,8 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +26,7 @@ from rdprune.allocation import get_baseline
 from rdprune.errors import UserError
 from rdprune.layers import layer_weights
 from rdprune.masks import num_pruned
-from rdprune.profiling import REDUCTIONS
+from rdprune.distortion import check_reduction
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,14 +62,24 @@ class Problem:
     progress: bool = True
 
 
-@dataclass
-class Allocation:
-    """Per-layer sparsities plus what the method measured on the way (seconds, distortions)."""
+class Allocation(dict):
+    """``{layer name: sparsity}`` in model order, plus what the method measured on the way.
 
-    sparsities: list[float]
-    info: dict[str, Any] = field(default_factory=dict)
-    curves: np.ndarray | None = None
-    grid: np.ndarray | None = None
+    Attributes:
+        info: seconds, budgets, predicted distortion (plain values, logged per round).
+        curves: the RD curves ``[layers, grid points]`` (rate-distortion methods), else None.
+        grid: their grid sparsities, else None.
+    """
+
+    def __init__(self, layers: Iterable[str], sparsities: Iterable[float],
+                 info: dict[str, Any] | None = None, curves: np.ndarray | None = None,
+                 grid: np.ndarray | None = None) -> None:
+        layers, sparsities = list(layers), [float(s) for s in sparsities]
+        if len(layers) != len(sparsities):
+            raise ValueError(f"{len(sparsities)} sparsities for {len(layers)} layers")
+        super().__init__(zip(layers, sparsities))
+        self.info = info or {}
+        self.curves, self.grid = curves, grid
 
 
 #: budgets a target may be expressed in
@@ -100,7 +110,8 @@ class Baseline:
     def allocate(self, problem: Problem) -> Allocation:
         start = time.perf_counter()
         sparsities = self.fn(layer_weights(problem.layers), problem.target)
-        return Allocation(sparsities, {"allocate_seconds": time.perf_counter() - start})
+        return Allocation(problem.layers, sparsities,
+                          {"allocate_seconds": time.perf_counter() - start})
 
 
 class RateDistortion:
@@ -129,8 +140,7 @@ class RateDistortion:
     ) -> None:
         if isinstance(grid_points, bool) or not isinstance(grid_points, int) or grid_points < 2:
             raise UserError(f"rd.grid_points must be an integer of at least 2, got {grid_points!r}")
-        if reduction not in REDUCTIONS:
-            raise UserError(f"rd.reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+        check_reduction(reduction)
         if calibration not in ("data", "synthetic"):
             raise UserError(f"method.calibration must be data or synthetic, got {calibration!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -216,7 +226,8 @@ class RateDistortion:
             "budget": budget,
             "budget_used": float(cost[rows, choice].sum()),
         }
-        return Allocation([float(grid[c]) for c in choice], info, curves=curves, grid=grid)
+        return Allocation(problem.layers, [grid[c] for c in choice], info, curves=curves,
+                          grid=grid)
 
 
 def rate_distortion(
@@ -259,4 +270,4 @@ class Fixed:
                             f"sparsity={target}: set sparsity={implied:.5f}")
 
     def allocate(self, problem: Problem) -> Allocation:
-        return Allocation(list(self.sparsities), {"allocate_seconds": 0.0})
+        return Allocation(problem.layers, self.sparsities, {"allocate_seconds": 0.0})
