@@ -35,6 +35,13 @@ def main(cfg: DictConfig) -> float:
             raise  # the sweep records this job as failed and goes on with the others
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        from rdprune.progress import close_all
+
+        close_all()  # the interrupted stage's bar would share the line with the message
+        print("interrupted: run the same command again to resume (finished stages are cached, "
+              "training continues from its last checkpoint)", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

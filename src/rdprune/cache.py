@@ -9,11 +9,17 @@ Files are written to a temporary file in the same directory and renamed (atomic 
 carry a checksum of their payload: a truncated or corrupted file is detected on load, reported in
 one warning line and recomputed. A per-file lock (``fcntl.flock``) makes concurrent jobs that need
 the same result wait for the one computing it instead of computing it twice.
+
+A cache can be shared by a lab: files get the permissions the umask allows (``0o666 & ~umask``,
+e.g. group-readable under umask 002), and a cache directory this process cannot write (a
+read-only copy of finished results) still serves every result it holds; only a missing result is
+an error (:class:`ReadOnlyCacheError`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import io
 import json
@@ -29,6 +35,8 @@ import numpy as np
 import torch
 import xxhash
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from rdprune.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +92,17 @@ def state_digest(module: torch.nn.Module) -> str:
     return digest(dict(module.state_dict()))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` atomically: temp file in the same directory, fsync, rename."""
+    """Write ``obj`` atomically: temp file in the same directory, fsync, rename.
+
+    The file gets ``0o666 & ~umask`` (``mkstemp`` alone would make it private, 0600).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -93,6 +110,7 @@ def save(path: str | os.PathLike, obj: Any) -> None:
     payload = buf.getvalue()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(_MAGIC)
             f.write(xxhash.xxh3_128(payload).digest())
@@ -134,20 +152,60 @@ def try_load(path: str | os.PathLike) -> Any | None:
         return load(path)
     except CorruptCacheError as e:
         log.warning("corrupted cache file, recomputing: %s", e)
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone already, or a read-only cache
             path.unlink()
         return None
 
 
+class ReadOnlyCacheError(UserError):
+    """A result is missing from a cache directory this process cannot write."""
+
+
+#: errors that mean "this process may not write here" (not a bug, not a full disk)
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def writable(directory: str | os.PathLike) -> bool:
+    """Whether files can be created in ``directory``, probed with a real (removed) file.
+
+    A missing directory is probed in its nearest existing ancestor (where it would be created),
+    so the probe leaves nothing behind.
+    """
+    probe = Path(directory).expanduser().absolute()
+    while not probe.exists():
+        if probe.parent == probe:
+            return False
+        probe = probe.parent
+    if not probe.is_dir():
+        return False
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".rdprune-probe."):
+            pass
+    except OSError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
-def locked(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock tied to ``path`` (a sibling ``.lock`` file) for the block."""
+def locked(path: str | os.PathLike) -> Iterator[bool]:
+    """Hold an exclusive lock tied to ``path`` (a sibling ``.lock`` file) for the block.
+
+    Yields True with the lock held, or False when the directory is read-only (nothing can be
+    written there, so there is nothing to serialise).
+    """
     lock_path = Path(f"{path}.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as f:
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock_path, "a+")  # noqa: SIM115 - closed below
+    except OSError as e:
+        if e.errno not in _READ_ONLY:
+            raise
+        yield False
+        return
+    with f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
@@ -156,14 +214,23 @@ def cached(path: str | os.PathLike, compute: Callable[[], T]) -> tuple[T, bool]:
     """Return the result stored at ``path``, or compute, store and return it.
 
     Concurrent callers with the same ``path`` serialise on a lock, so the result is computed once.
+    In a directory this process cannot write, a stored result is served as it is.
 
     Returns:
         ``(result, hit)`` with ``hit`` True when it came from disk.
+
+    Raises:
+        ReadOnlyCacheError: the result is missing and the directory is read-only.
     """
-    with locked(path):
+    with locked(path) as can_write:
         obj = try_load(path)
         if obj is not None:
             return obj, True
+        if not can_write:
+            raise ReadOnlyCacheError(
+                f"{path} is not in the cache and its directory is read-only: point "
+                "paths.cache_dir (RDPRUNE_CACHE_DIR) at a writable directory"
+            )
         obj = compute()
         save(path, obj)
         return obj, False

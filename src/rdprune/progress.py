@@ -15,3 +15,9 @@ def bar(iterable: Any = None, **kwargs: Any) -> tqdm:
     if not sys.stderr.isatty():
         kwargs.setdefault("mininterval", 30.0)
     return tqdm(iterable, **kwargs)
+
+
+def close_all() -> None:
+    """Close every open bar (clears their lines), e.g. before a one-line message on interrupt."""
+    for b in list(getattr(tqdm, "_instances", ())):
+        b.close()
