@@ -28,7 +28,8 @@ def _job_dir(path, overrides, config):
 def _config(model, dataset, method, schedule, sparsity, seed, name="sweep"):
     return {"name": name, "model_name": model, "sparsity": sparsity, "seed": seed,
             "dataset": {"name": dataset}, "method": {"name": method},
-            "schedule": {"name": schedule}, "finetune": {"name": "adamw", "steps": 150}}
+            "schedule": {"name": schedule}, "finetune": {"name": "adamw"},
+            "recipe": {"finetune_steps": 150}}
 
 
 def make_run(path, *, method, sparsity, seed, top1, dense, model="resnet32", dataset="digits",
@@ -236,7 +237,7 @@ def test_cells_mixing_configs_are_flagged(tmp_path):
                  top1=90.0, dense=95.0)
         path = tmp_path / "logs" / f"r{seed}" / ".hydra" / "config.yaml"
         cfg = yaml.safe_load(path.read_text())
-        cfg["finetune"]["steps"] = steps
+        cfg["recipe"]["finetune_steps"] = steps
         path.write_text(yaml.safe_dump(cfg))
     result = report.write_report([tmp_path / "logs"], tmp_path / "out")
     assert result["runs"]["config_id"].nunique() == 2
@@ -272,3 +273,138 @@ def test_published_match_tolerance_and_variant():
     assert match("resnet32", "cifar10", "iterative", 95.5, method="lamp") is None
     assert match("resnet50", "imagenet", "oneshot", 50.0) is None  # only the zero-data row
     assert match("resnet50", "imagenet", "oneshot", 50.0, variant="zero-data").top1 == 75.13
+
+
+def test_paper_table_dense_against_published_and_protocol(logs):
+    runs, failed = report.collect([logs])
+    md = report.to_markdown(report.paper_table(runs, failed))
+    header = next(ln for ln in md.splitlines() if ln.startswith("| Model"))
+    assert header.endswith("| Paper dense | Paper diff | Dense: measured / paper | Protocol |")
+    assert "| FLOPs remaining (%) |" in header
+    # measured 94.00 against the published ResNet-32 / CIFAR-10 dense 93.99; runs without a
+    # recorded protocol read unknown; digits has no published dense model
+    assert "| 93.99 | -3.16 | 94.00 / 93.99 (+0.01) | unknown |" in md
+    assert "| 97.50 | -6.50 | 3 | – | – | – | – | – | – | unknown |" in md
+
+
+def _flops_config(method, seed, flops_kept, reduction="worst"):
+    cfg = _config("resnet32", "cifar10", method, "oneshot", 0.9, seed, name="new")
+    cfg["flops_kept"] = flops_kept
+    cfg["rd"] = {"reduction": reduction, "grid_points": 101}
+    if method == "ours":  # only RD methods carry options (= ${rd})
+        cfg["method"].update(calibration="data", options="${rd}")
+    return cfg
+
+
+def _rewrite(path, config=None, **metrics):
+    """Replace a fake run's config and update its metrics.json (None values: key removed)."""
+    if config is not None:
+        (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    m = json.loads((path / "metrics.json").read_text())
+    m.update(metrics)
+    (path / "metrics.json").write_text(json.dumps({k: v for k, v in m.items() if v is not None}))
+
+
+@pytest.fixture
+def new_keys(tmp_path):
+    """Runs in the current config layout: a FLOPs target (flops_kept, metrics flops_kept as a
+    fraction), rd.reduction via method.options, protocols recorded; and old-layout runs."""
+    root = tmp_path / "logs"
+    protocol = {"protocol": "official", "recipe": "resnet32/cifar10", "differences": [],
+                "fixes": ["bug 3: content-hashed caches"]}
+    for seed, (top1, kept) in enumerate([(80.0, 0.295), (82.0, 0.305)]):
+        path = root / f"flops{seed}"
+        make_run(path, method="ours", sparsity=0.9, seed=seed, top1=top1, dense=93.0,
+                 dataset="cifar10")
+        _rewrite(path, _flops_config("ours", seed, 0.3), target_sparsity=None,
+                 target_flops_kept=0.3, flops_remaining=None, flops_kept=kept,
+                 budget_type="flops", protocol=protocol)
+    path = root / "mean"  # the worst/mean option through rd.* (method.options = ${rd})
+    make_run(path, method="ours", sparsity=0.9, seed=0, top1=85.0, dense=93.0, dataset="cifar10")
+    _rewrite(path, _flops_config("ours", 0, None, reduction="mean"), flops_remaining=None,
+             flops_kept=0.1, protocol={**protocol, "protocol": "custom",
+                                       "differences": ["rd.reduction: mean (official: worst)"]})
+    path = root / "lamp"  # a baseline in a sweep that sets rd.reduction: not a variant of lamp
+    make_run(path, method="lamp", sparsity=0.9, seed=0, top1=84.0, dense=93.0, dataset="cifar10")
+    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
+        ["method=lamp", "rd.reduction=mean", "sparsity=0.9", "seed=0"]))
+    _rewrite(path, _flops_config("lamp", 0, None, reduction="mean"),
+             protocol={"protocol": "official", "differences": []})
+    # the layout before rd.*: method.reduction and method.budget=flops (sparsity = MACs removed)
+    for name, sparsity, extra in [("old_mean", 0.7, {"reduction": "mean"}),
+                                  ("old_flops", 0.8, {"budget": "flops"})]:
+        path = root / name
+        make_run(path, method="ours", sparsity=sparsity, seed=0, top1=70.0, dense=93.0,
+                 dataset="cifar10")
+        cfg = _config("resnet32", "cifar10", "ours", "oneshot", sparsity, 0, name="old")
+        cfg["method"].update(extra)
+        _rewrite(path, cfg)
+    return root
+
+
+def test_new_config_keys_flops_targets_and_protocols(new_keys):
+    runs, _ = report.collect([new_keys])
+    by_dir = {r.run_dir.rsplit("/", 1)[1]: r for r in runs.itertuples()}
+    assert by_dir["flops0"].label == "ours (FLOPs target)"
+    assert (by_dir["flops0"].target_kind, by_dir["flops0"].target) == ("flops", 30.0)
+    assert by_dir["flops0"].flops_remaining == pytest.approx(29.5)  # fraction -> percent
+    assert by_dir["mean"].label == "ours (mean distortion)" and by_dir["mean"].target == 90.0
+    assert by_dir["lamp"].label == "lamp" and by_dir["lamp"].flops_remaining == 10.0
+    assert by_dir["old_mean"].label == "ours (mean distortion)"
+    assert by_dir["old_flops"].label == "ours (FLOPs target)"
+    assert (by_dir["old_flops"].target_kind, by_dir["old_flops"].target) == ("flops", 20.0)
+    assert by_dir["old_mean"].protocol == "unknown" and by_dir["mean"].protocol == "custom"
+
+    table = report.baseline_table(runs)["resnet32_cifar10_oneshot_adamw"]
+    assert list(table.cells.columns) == ["Method", "70%", "90%", "FLOPs kept 20%",
+                                         "FLOPs kept 30%"]
+    cells = table.cells.set_index("Method")
+    assert cells.loc["ours (FLOPs target)", "FLOPs kept 30%"] == "81.00 ± 1.41"
+    assert cells.loc["ours (FLOPs target)", "90%"] == "missing"
+    assert cells.loc["lamp", "90%"] == "84.00" and cells.loc["lamp", "FLOPs kept 30%"] == "missing"
+    flops = table.data[table.data.column == "FLOPs kept 30%"]
+    assert flops["target_sparsity"].isna().all() and (flops["target_flops_kept"] == 30).all()
+
+    paper = report.paper_table(runs)
+    row = paper.data.set_index(["label", "target"]).loc[("ours (FLOPs target)", 30.0)]
+    assert row["flops_remaining"] == pytest.approx(30.0) and row["protocol"] == "official"
+    assert row["published_dense"] == 93.99 and row["dense_gap"] == pytest.approx(-0.99)
+    md = report.to_markdown(paper)
+    assert "| 30.00 | 81.00 ± 1.41 | 93.00 | -12.00 | 2 |" in md
+    assert "| 93.00 / 93.99 (-0.99) | official |" in md
+    assert ("Custom protocol, ResNet-32 / CIFAR-10 / ours (mean distortion) @ 90%: "
+            "rd.reduction: mean (official: worst).") in md
+    assert set(report.layer_table(runs)) == {"resnet32_cifar10_oneshot_adamw_s70",
+                                             "resnet32_cifar10_oneshot_adamw_s90",
+                                             "resnet32_cifar10_oneshot_adamw_f20",
+                                             "resnet32_cifar10_oneshot_adamw_f30"}
+
+
+def test_mixed_protocols_in_one_cell_are_named(new_keys):
+    _rewrite(new_keys / "flops1", protocol={"protocol": "custom", "differences": ["x: 1"]})
+    runs, _ = report.collect([new_keys])
+    row = report.paper_table(runs).data.set_index(["label", "target"]).loc[
+        ("ours (FLOPs target)", 30.0)]
+    assert row["protocol"] == "mixed: custom, official"
+    assert row["protocol_differences"] == "x: 1"
+
+
+def test_rounds_of_a_flops_target(tmp_path):
+    path = tmp_path / "logs" / "run"
+    make_run(path, method="ours", sparsity=0.9, seed=0, top1=80.0, dense=93.0, dataset="cifar10",
+             schedule="iterative", rounds=[  # the pipeline's CSV leaves a null sparsity empty
+                 dict(round=1, target_sparsity="", target_flops_kept=0.6, achieved_sparsity=0.3,
+                      pruned_top1=70.0, top1=85.0),
+                 dict(round=2, target_sparsity="", target_flops_kept=0.3, achieved_sparsity=0.6,
+                      pruned_top1=60.0, top1=80.0)])
+    cfg = _flops_config("ours", 0, 0.3)
+    cfg["schedule"]["name"] = "iterative"
+    _rewrite(path, cfg, target_sparsity=None, target_flops_kept=0.3, flops_remaining=None,
+             flops_kept=0.3)
+    runs, _ = report.collect([tmp_path / "logs"])
+    tables = report.rounds_table(report.load_rounds(runs))
+    assert list(tables) == ["resnet32_cifar10_iterative_adamw_f30"]
+    lines = lines_of(report.to_markdown(tables["resnet32_cifar10_iterative_adamw_f30"]),
+                     "resnet32 / cifar10 / iterative / adamw to FLOPs kept 30%")
+    assert lines[0] == "| Method | r1 (FLOPs kept 60%) | r2 (FLOPs kept 30%) |"
+    assert lines[2] == "| ours (FLOPs target) | 70.00 → 85.00 | 60.00 → 80.00 |"

@@ -18,7 +18,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from rdprune.runs import method_rank
+from rdprune.runs import method_rank, target_label
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,11 @@ def _ordered(g: pd.DataFrame, by: list[str]) -> list:
 
 
 def top1_vs_sparsity(runs: pd.DataFrame, out: Path) -> list[str]:
-    """Top-1 vs target sparsity per method (mean, std error bars), dense top-1 dashed."""
+    """Top-1 vs target sparsity per method (mean, std error bars), dense top-1 dashed; runs with
+    a FLOPs target have no place on this axis and are left out."""
     files = []
+    if "target_kind" in runs:
+        runs = runs[runs["target_kind"] != "flops"]
     groups = list(runs.groupby(["model", "dataset"], sort=True))
     for key, g in groups:
         fig = Figure(figsize=(6.4, 4.2))
@@ -81,24 +84,26 @@ def top1_vs_sparsity(runs: pd.DataFrame, out: Path) -> list[str]:
 
 
 def layer_sparsity(layers: pd.DataFrame, out: Path, max_panels: int = 6) -> list[str]:
-    """Per-layer sparsity per method, one panel per target sparsity (the highest ``max_panels``)."""
+    """Per-layer sparsity per method, one panel per target (the highest ``max_panels``)."""
     if layers.empty:
         return []
     files = []
     groups = list(layers.groupby(["model", "dataset", "schedule", "finetune"], sort=True))
     for key, g in groups:
-        targets = sorted(g["target"].unique())[-max_panels:]
+        kinds = g["target_kind"] if "target_kind" in g else pd.Series("sparsity", g.index)
+        targets = sorted(set(zip(kinds, g["target"])), key=lambda kt: (kt[0] != "flops", kt[1]))
+        targets = targets[-max_panels:]  # sparsity targets last: the highest are kept
         n_layers = int(g["position"].max()) + 1
         fig = Figure(figsize=(max(6.4, 0.18 * n_layers + 2), 2.6 * len(targets) + 1.2))
         axes = fig.subplots(len(targets), 1, sharex=True, squeeze=False)[:, 0]
-        for ax, t in zip(axes, targets):
-            sub = g[g["target"] == t]
+        for ax, (kind, t) in zip(axes, targets):
+            sub = g[(kinds == kind) & (g["target"] == t)]
             for (label,), s in _ordered(sub, ["label"]):
                 mean = s.groupby(["position", "name"])["sparsity"].mean().reset_index()
                 ax.plot(mean["position"], 100 * mean["sparsity"], marker="o", markersize=3,
                         linewidth=1, color=_color(label), label=label)
             ax.set_ylabel("sparsity (%)")
-            ax.set_title(f"target {t:g}%", fontsize=9)
+            ax.set_title(f"target {target_label(t, kind)}", fontsize=9)
             ax.set_ylim(-2, 102)
             ax.grid(alpha=0.3)
         names = g.drop_duplicates("position").sort_values("position")["name"].tolist()
@@ -145,7 +150,8 @@ def rd_curves(runs: pd.DataFrame, out: Path) -> list[str]:
         ax.set_xlabel("layer sparsity (%)")
         ax.set_ylabel("output distortion (log scale)")
         ax.set_title(f"RD curves: {key[0]} / {key[1]}, {r['label']} {r['schedule']} @ "
-                     f"{round(r['target'], 2):g}% (seed {r['seed']}, last round); dots = chosen",
+                     f"{target_label(r['target'], r.get('target_kind', 'sparsity'))} "
+                     f"(seed {r['seed']}, last round); dots = chosen",
                      fontsize=9)
         sm = ScalarMappable(cmap=cmap, norm=Normalize(0, max(1, len(curves) - 1)))
         bar = fig.colorbar(sm, ax=ax, label="layer index (input → output)")
@@ -188,8 +194,11 @@ def rounds(rounds: pd.DataFrame, out: Path) -> list[str]:
     """Iterative runs: top-1 vs cumulative sparsity, round by round, per method; dotted = right
     after pruning, solid = after the round's fine-tune (means over seeds)."""
     files = []
-    groups = list(rounds.groupby(["model", "dataset", "schedule", "finetune", "target"], sort=True))
+    kinds = rounds["target_kind"] if "target_kind" in rounds else "sparsity"
+    groups = list(rounds.assign(_kind=kinds).groupby(
+        ["model", "dataset", "schedule", "finetune", "target", "_kind"], sort=True))
     for key, g in groups:
+        key = key[:-1] if key[-1] == "sparsity" else key  # file names as before FLOPs targets
         fig = Figure(figsize=(6.4, 4.2))
         ax = fig.add_subplot()
         for (label,), s in _ordered(g, ["label"]):

@@ -45,6 +45,11 @@ PUBLISHED: tuple[Published, ...] = (
               note="schedule not stated (assumed one-shot); dense and diff assumed as one-shot"),
 )
 
+def dense_top1(model: str, dataset: str) -> float | None:
+    """The published dense top-1 (%) of ``model`` on ``dataset`` (any method, schedule, target)."""
+    return next((p.dense for p in PUBLISHED if (p.model, p.dataset) == (model, dataset)), None)
+
+
 #: display names used in the paper-style table (config name -> paper spelling)
 DISPLAY = {
     "resnet32": "ResNet-32",

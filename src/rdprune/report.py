@@ -5,7 +5,9 @@ directory, ``.hydra/``, without one is a failed or incomplete job), loads them i
 DataFrame (one row per run) and writes, as Markdown, LaTeX (booktabs) and CSV:
 
 - ``paper_table``: the paper's layout, one row per (model, dataset, method, schedule, fine-tune,
-  target sparsity), mean ± std over seeds, published numbers (:mod:`rdprune.published`) beside;
+  target), mean ± std over seeds, published numbers (:mod:`rdprune.published`) beside, the
+  measured dense top-1 against the published one, and the protocol that produced the runs
+  (:mod:`rdprune.protocol`: official, custom, none; unknown for runs older than the record);
 - ``baselines`` / ``baselines_distortion[_mean]``: methods x target sparsities per (model,
   dataset, schedule, fine-tune) group, best per column in bold, absent cells "missing" (never 0);
 - ``layer_sparsity``: per-layer sparsity (%) by method, per group and target sparsity;
@@ -31,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from rdprune.errors import UserError
-from rdprune.published import DISPLAY, TOLERANCE_PP, match
+from rdprune.published import DISPLAY, TOLERANCE_PP, dense_top1, match
 from rdprune.runs import (  # noqa: F401 - re-exported for callers of the report API
     CELL,
     GROUP,
@@ -41,6 +43,7 @@ from rdprune.runs import (  # noqa: F401 - re-exported for callers of the report
     load_layers,
     load_rounds,
     method_rank,
+    target_label,
 )
 from rdprune.tables import (  # noqa: F401 - re-exported for callers of the report API
     MISSING,
@@ -72,11 +75,21 @@ def _num(x: Any, fmt: str) -> str:
     return NA if x is None or pd.isna(x) else format(x, fmt)
 
 
+def _protocol_cell(g: pd.DataFrame) -> tuple[str, list[str]]:
+    """The protocol of a cell's runs ("mixed: ..." when they differ) and the custom differences."""
+    names = sorted(set(g["protocol"])) if "protocol" in g else ["unknown"]
+    diffs = g.loc[g["protocol"] == "custom", "protocol_differences"].dropna() \
+        if "protocol_differences" in g and "protocol" in g else pd.Series(dtype=object)
+    text = names[0] if len(names) == 1 else "mixed: " + ", ".join(names)
+    return text, sorted(set(diffs))
+
+
 def paper_table(df: pd.DataFrame, failed: Iterable[dict[str, Any]] = ()) -> Table:
-    """The paper's layout, one row per cell, with the published numbers beside where they exist."""
+    """The paper's layout, one row per cell, with the published numbers beside where they exist,
+    the measured dense top-1 against the published one, and the protocol of the cell's runs."""
     runs = complete(df)
     nfail = pd.Series([tuple(f.get(c) for c in CELL) for f in failed], dtype=object).value_counts()
-    data, cells = [], []
+    data, cells, custom = [], [], []
     for key, g in runs.groupby(CELL, sort=False):
         cell = dict(zip(CELL, key))
         top1 = g["top1"].dropna()
@@ -84,20 +97,30 @@ def paper_table(df: pd.DataFrame, failed: Iterable[dict[str, Any]] = ()) -> Tabl
         dense = g["dense_top1"].mean()
         pub = match(cell["model"], cell["dataset"], cell["schedule"], cell["target"],
                     g["method"].iloc[0], g["variant"].iloc[0])
+        pub_dense = dense_top1(cell["model"], cell["dataset"])
+        protocol, diffs = _protocol_cell(g)
         k_fail = int(nfail.get(key, 0))
         row = {**cell, "method": g["method"].iloc[0], "variant": g["variant"].iloc[0],
                "sparsity": 100 * g["achieved_sparsity"].mean(),
-               "flops_remaining": g["flops_remaining"].mean(), "top1_mean": mean,
+               "flops_remaining": g["flops_remaining"].mean() if "flops_remaining" in g
+               else np.nan, "top1_mean": mean,
                "top1_std": std, "seeds": n, "failed": k_fail, "dense_top1": dense,
                "diff": mean - dense}
         for f in ("sparsity", "flops", "top1", "top1_std", "dense", "diff"):
             row[f"paper_{f}"] = getattr(pub, f) if pub else None
+        row.update(published_dense=pub_dense,
+                   dense_gap=dense - pub_dense if pub_dense is not None else np.nan,
+                   protocol=protocol, protocol_differences="; ".join(diffs))
         data.append(row)
+        if diffs:
+            custom.append(f"{_display(cell['model'])} / {_display(cell['dataset'])} / "
+                          f"{cell['label']} @ {target_label(cell['target'], cell['target_kind'])}"
+                          f": {'; '.join(diffs)}")
         cells.append({
             "Model": _display(cell["model"]), "Dataset": _display(cell["dataset"]),
             "Method": cell["label"], "Schedule": cell["schedule"], "Fine-tune": cell["finetune"],
             "Sparsity (%)": _num(row["sparsity"], ".2f"),
-            "FLOPs remained (%)": _num(row["flops_remaining"], ".2f"),
+            "FLOPs remaining (%)": _num(row["flops_remaining"], ".2f"),
             "Top-1": pm(mean, std, n), "Dense": _num(dense, ".2f"),
             "diff": _num(row["diff"], "+.2f"),
             "Seeds": f"{n}" + (f" ({k_fail} failed)" if k_fail else ""),
@@ -107,6 +130,10 @@ def paper_table(df: pd.DataFrame, failed: Iterable[dict[str, Any]] = ()) -> Tabl
                             if pub else NA),
             "Paper dense": _num(row["paper_dense"], ".2f"),
             "Paper diff": _num(row["paper_diff"], "+.2f"),
+            "Dense: measured / paper": (f"{_num(dense, '.2f')} / {pub_dense:.2f} "
+                                        f"({_num(row['dense_gap'], '+.2f')})"
+                                        if pub_dense is not None else NA),
+            "Protocol": protocol,
         })
     notes = [
         "Top-1: test accuracy (%) after the last round, mean ± std over seeds (std with ddof=1; "
@@ -114,7 +141,13 @@ def paper_table(df: pd.DataFrame, failed: Iterable[dict[str, Any]] = ()) -> Tabl
         "diff = mean top-1 - mean dense top-1.",
         "Paper columns: official README of Xu et al. (ICCV 2023), method ours, matched by model, "
         f"dataset, schedule and target sparsity within {TOLERANCE_PP} pp; {NA} = none published.",
+        "Dense: measured / paper: the mean measured dense top-1 against the published dense top-1 "
+        "of the model and dataset (any method), gap in brackets.",
+        "Protocol: official = the official code's recipe for the model and dataset "
+        "(results/protocol.md), deliberate bug fixes aside; custom = some setting differs; "
+        "none = no official recipe; unknown = run recorded before protocols were.",
     ]
+    notes += [f"Custom protocol, {c}." for c in custom]
     return Table("Top-1 after pruning (paper layout)", pd.DataFrame(cells), pd.DataFrame(data),
                  notes=notes, left=5, key="paper_table")
 
@@ -134,10 +167,11 @@ METRICS = {
 
 def baseline_table(df: pd.DataFrame, metric: str = "top1",
                    failed: Iterable[dict[str, Any]] = ()) -> dict[str, Table]:
-    """Methods x target sparsities, one table per (model, dataset, schedule, fine-tune) group.
+    """Methods x targets, one table per (model, dataset, schedule, fine-tune) group.
 
-    A cell no completed run fills (the method lacks that sparsity, or its jobs failed) reads
-    ``missing``; the best value per column (of at least two) is bold.
+    A cell no completed run fills (the method lacks that target, or its jobs failed) reads
+    ``missing``; the best value per column (of at least two) is bold. Columns are target
+    sparsities, then FLOPs targets ("FLOPs kept x%").
 
     Returns:
         ``{group slug: Table}``, e.g. ``{"resnet32_digits_oneshot_adamw": ...}``.
@@ -153,47 +187,55 @@ def baseline_table(df: pd.DataFrame, metric: str = "top1",
     for gkey, g in keys.groupby(GROUP, sort=True):
         slug = "_".join(str(k) for k in gkey)
         sel = runs[(runs[GROUP] == pd.Series(gkey, index=GROUP)).all(axis=1)] if len(runs) else runs
-        stats = sel.groupby(["label", "target"])[metric].agg(["mean", "std", "count"]) \
-            if len(sel) else pd.DataFrame(columns=["mean", "std", "count"])
+        agg = ["mean", "std", "count"]
+        stats = (sel.groupby(["label", "target", "target_kind"])[metric].agg(agg) if len(sel)
+                 else pd.DataFrame(columns=agg))
         labels = sorted(g["label"].unique(), key=method_rank)
-        targets = sorted(g["target"].unique())
+        # one column per target, sparsity targets first; a FLOPs target reads "FLOPs kept x%"
+        targets = sorted(set(zip(g["target"], g["target_kind"])),
+                         key=lambda tk: (tk[1] != "sparsity", tk[0]))
+        heads = {tk: target_label(*tk) for tk in targets}
         data, cells, bold, seeds, missing, failures = [], [], set(), {}, [], []
         for lab in labels:
             cells.append({"Method": lab})
-            for t in targets:
-                m, s, n = (stats.loc[(lab, t)] if (lab, t) in stats.index else (np.nan, np.nan, 0))
+            for t, kind in targets:
+                head = heads[(t, kind)]
+                m, s, n = (stats.loc[(lab, t, kind)] if (lab, t, kind) in stats.index
+                           else (np.nan, np.nan, 0))
                 n = int(n)
-                k_fail = sum(1 for f in failed if tuple(f[c] for c in CELL) == (*gkey, lab, t))
-                data.append({**dict(zip(GROUP, gkey)), "method": lab, "target_sparsity": t,
-                             "metric": metric, "mean": m, "std": s, "seeds": n,
+                k_fail = sum(1 for f in failed
+                             if tuple(f[c] for c in CELL) == (*gkey, lab, t, kind))
+                data.append({**dict(zip(GROUP, gkey)), "method": lab,
+                             "target_sparsity": t if kind == "sparsity" else np.nan,
+                             "target_flops_kept": t if kind == "flops" else np.nan,
+                             "column": head, "metric": metric, "mean": m, "std": s, "seeds": n,
                              "failed": k_fail})
                 if k_fail:
-                    failures.append(f"{lab} @ {pct(t)} ({k_fail})")
+                    failures.append(f"{lab} @ {head} ({k_fail})")
                 if n == 0:
-                    cells[-1][pct(t)] = MISSING
-                    missing.append(f"{lab} @ {pct(t)}")
+                    cells[-1][head] = MISSING
+                    missing.append(f"{lab} @ {head}")
                 else:
-                    cells[-1][pct(t)] = (pm(m, s, n, 2) if with_std else fmt.format(m))
-                    seeds[(lab, t)] = n
-        table = pd.DataFrame(cells, columns=["Method", *map(pct, targets)])
+                    cells[-1][head] = (pm(m, s, n, 2) if with_std else fmt.format(m))
+                    seeds[(lab, head)] = n
+        table = pd.DataFrame(cells, columns=["Method", *heads.values()])
         data = pd.DataFrame(data)
-        for t in targets:
-            col = data[(data.target_sparsity == t) & (data.seeds > 0)]
+        for head in heads.values():
+            col = data[(data.column == head) & (data.seeds > 0)]
             if len(col) >= 2:
                 shown = col["mean"].map(lambda v: float(fmt.format(v)))
                 best = shown.max() if higher else shown.min()
                 for lab in col.loc[shown == best, "method"]:
-                    bold.add((labels.index(lab), pct(t)))
-        data["best"] = [(labels.index(r.method), pct(r.target_sparsity)) in bold
-                        for r in data.itertuples()]
+                    bold.add((labels.index(lab), head))
+        data["best"] = [(labels.index(r.method), r.column) in bold for r in data.itertuples()]
         counts = sorted(set(seeds.values()))
         common = max(counts, key=list(seeds.values()).count) if counts else 0
         notes = [f"{what}" + (", mean ± std over seeds (ddof=1; one seed: no ±)" if with_std
                               else "") + f"; {'higher' if higher else 'lower'} is better, "
                  "best per column in bold.",
                  f"Seeds per cell: n={common}" + "".join(
-                     f"; {lab} @ {pct(t)}: n={n}" for (lab, t), n in seeds.items() if n != common)
-                 + "."]
+                     f"; {lab} @ {head}: n={n}" for (lab, head), n in seeds.items()
+                     if n != common) + "."]
         if missing:
             notes.append(f"{MISSING}: no completed run for " + ", ".join(missing) + ".")
         if failures:
@@ -201,6 +243,15 @@ def baseline_table(df: pd.DataFrame, metric: str = "top1",
         title = " / ".join(str(k) for k in gkey)
         out[slug] = Table(title, table, data, bold, notes, left=1, key=slug)
     return out
+
+
+def _slug(group: tuple, target: float, kind: str) -> str:
+    """A table key: the group, then ``_s<target>`` (sparsity) or ``_f<target>`` (FLOPs kept)."""
+    return "_".join(map(str, group)) + f"_{'f' if kind == 'flops' else 's'}{target:g}"
+
+
+def _target_columns(target: float, kind: str) -> dict[str, float]:
+    return {"target_sparsity" if kind == "sparsity" else "target_flops_kept": target}
 
 
 def layer_table(df: pd.DataFrame, layers: pd.DataFrame | None = None) -> dict[str, Table]:
@@ -213,7 +264,8 @@ def layer_table(df: pd.DataFrame, layers: pd.DataFrame | None = None) -> dict[st
     out: dict[str, Table] = {}
     if layers.empty:
         return out
-    for key, g in layers.groupby(GROUP + ["target"], sort=True):
+    for key, g in layers.groupby(GROUP + ["target_kind", "target"], sort=True):
+        group, kind, target = key[:-2], key[-2], key[-1]
         first = g[g.run_dir == g.run_dir.iloc[0]].sort_values("position")
         labels = sorted(g["label"].unique(), key=method_rank)
         mean = g.groupby(["name", "label"])["sparsity"].mean().unstack("label") * 100
@@ -228,9 +280,9 @@ def layer_table(df: pd.DataFrame, layers: pd.DataFrame | None = None) -> dict[st
         data = g.groupby(["position", "name", "type", "shape", "weights", "label"])["sparsity"] \
             .agg(["mean", "count"]).reset_index().rename(columns={"mean": "sparsity",
                                                                   "count": "seeds"})
-        data = data.assign(**dict(zip(GROUP + ["target_sparsity"], key)))
-        slug = "_".join(str(k) for k in key[:-1]) + f"_s{key[-1]:g}"
-        title = " / ".join(str(k) for k in key[:-1]) + f" @ {pct(key[-1])}"
+        data = data.assign(**dict(zip(GROUP, group)), **_target_columns(target, kind))
+        slug = _slug(group, target, kind)
+        title = " / ".join(group) + f" @ {target_label(target, kind)}"
         out[slug] = Table(title, cells, data, notes=[
             "Sparsity (%) of each prunable layer (weights removed), mean over seeds; "
             "last row: all prunable weights."], left=3, key=slug)
@@ -246,15 +298,22 @@ def rounds_table(rounds: pd.DataFrame) -> dict[str, Table]:
     out: dict[str, Table] = {}
     if rounds.empty:
         return out
-    for key, g in rounds.groupby(GROUP + ["target"], sort=True):
+    for key, g in rounds.groupby(GROUP + ["target_kind", "target"], sort=True):
+        group, kind, target = key[:-2], key[-2], key[-1]
+        g = g.assign(**{c: g.get(c, np.nan) for c in ("target_sparsity", "target_flops_kept")})
         stats = g.groupby(["label", "round"]).agg(
-            target_sparsity=("target_sparsity", "mean"), achieved_sparsity=(
+            target_sparsity=("target_sparsity", "mean"),
+            target_flops_kept=("target_flops_kept", "mean"), achieved_sparsity=(
                 "achieved_sparsity", "mean"), pruned_top1=("pruned_top1", "mean"),
             top1=("top1", "mean"), top1_std=("top1", "std"), seeds=("top1", "count"),
         ).reset_index()
         labels = sorted(stats["label"].unique(), key=method_rank)
-        cols = {r: f"r{r} ({pct(100 * t)})" for r, t in
-                stats.groupby("round")["target_sparsity"].first().items()}
+        first = stats.groupby("round")[["target_sparsity", "target_flops_kept"]].first()
+        if kind == "flops":  # older FLOPs runs wrote the MACs removed as the round's sparsity
+            kept = first["target_flops_kept"].fillna(1 - first["target_sparsity"])
+            cols = {r: f"r{r} ({target_label(100 * v, kind)})" for r, v in kept.items()}
+        else:
+            cols = {r: f"r{r} ({pct(100 * t)})" for r, t in first["target_sparsity"].items()}
         cells = []
         for lab in labels:
             row = {"Method": lab}
@@ -263,9 +322,9 @@ def rounds_table(rounds: pd.DataFrame) -> dict[str, Table]:
                                          f"{pm(s['top1'], s['top1_std'], int(s['seeds']), 2)}")
             cells.append(row)
         table = pd.DataFrame(cells, columns=["Method", *cols.values()]).fillna(MISSING)
-        data = stats.assign(**dict(zip(GROUP + ["final_target"], key)))
-        slug = "_".join(str(k) for k in key[:-1]) + f"_s{key[-1]:g}"
-        title = " / ".join(str(k) for k in key[:-1]) + f" to {pct(key[-1])}"
+        data = stats.assign(**dict(zip(GROUP, group)), final_target=target, target_kind=kind)
+        slug = _slug(group, target, kind)
+        title = " / ".join(group) + f" to {target_label(target, kind)}"
         out[slug] = Table(title, table, data, notes=[
             "Each round: top-1 (%) right after pruning → after that round's fine-tune, mean over "
             "seeds (± std of the latter, ddof=1); column = round and its cumulative target."],
@@ -422,7 +481,8 @@ def additivity_table(add: pd.DataFrame) -> Table:
 
 DESCRIPTIONS = {
     "runs": "one row per run (metrics.json fields, run_dir, overrides, superseded)",
-    "paper_table": "the paper's layout, mean ± std over seeds, published numbers beside",
+    "paper_table": "the paper's layout, mean ± std over seeds, published numbers beside, "
+                   "measured vs published dense top-1, the protocol of the runs",
     "baselines": "top-1 per method x target sparsity, per model/dataset/schedule/fine-tune",
     "baselines_distortion": "the same with the joint distortion (worst case), lower is better",
     "baselines_distortion_mean": "the same with the joint distortion (mean MSE)",

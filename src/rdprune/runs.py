@@ -2,8 +2,16 @@
 
 A run directory holds ``metrics.json``; a Hydra job directory (``.hydra/``) without one is a
 failed (``FAILED`` marker) or incomplete (killed, still running) job. Each run becomes one row
-with its cell (model, dataset, schedule, fine-tune, method label, target sparsity), seed and a
-``config_id`` of everything else in its config, so re-runs and mixed configs can be told apart.
+with its cell (model, dataset, schedule, fine-tune, method label, target and what the target
+counts), seed and a ``config_id`` of everything else in its config, so re-runs and mixed configs
+can be told apart.
+
+Targets: ``target_kind`` "sparsity" (``target`` = % of prunable weights removed) or "flops"
+(``target`` = % of the dense conv/linear MACs kept; the run's ``flops_kept`` config, or, in
+configs older than it, ``method.budget=flops`` with ``1 - sparsity``). Achieved FLOPs are read
+from ``flops_remaining`` (%) or its successor ``flops_kept`` (a fraction) into
+``flops_remaining`` (%). ``protocol`` is the run's relation to the official recipe
+(:func:`rdprune.protocol.describe`, stored in metrics.json) or "unknown" for runs older than it.
 """
 
 from __future__ import annotations
@@ -25,12 +33,13 @@ from rdprune.errors import UserError
 log = logging.getLogger(__name__)
 
 GROUP = ["model", "dataset", "schedule", "finetune"]  # one baseline table per group
-CELL = [*GROUP, "label", "target"]  # one cell: a method (label) at a target sparsity (%)
+#: one cell: a method (label) at a target (%), and what the target counts (sparsity | flops)
+CELL = [*GROUP, "label", "target", "target_kind"]
 METHOD_ORDER = ["ours", "lamp", "global_magnitude", "erk", "uniform_plus", "uniform"]
 SKIP = {".hydra", "wandb", ".submitit", "__pycache__", ".cache", ".git"}
 #: config keys that do not change a run's result beyond its cell and seed (left out of config_id)
-VOLATILE = ("seed", "name", "sparsity", "paths", "device", "threads", "logger", "launcher",
-            "hydra", "dataset.root", "dataset.num_workers", "dataset.eval_batch_size",
+VOLATILE = ("seed", "name", "sparsity", "flops_kept", "paths", "device", "threads", "logger",
+            "launcher", "hydra", "dataset.root", "dataset.num_workers", "dataset.eval_batch_size",
             "dataset.download")
 
 
@@ -58,13 +67,20 @@ def _scan(dirs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path], li
     return runs, failed, additivity
 
 
-#: cell field -> (key in the job's config, override name); the config wins, overrides fill in
-FIELDS = {"model": ("model_name", "model"), "dataset": ("dataset.name", "dataset"),
-          "method": ("method.name", "method"), "schedule": ("schedule.name", "schedule"),
-          "finetune": ("finetune.name", "finetune"), "target_sparsity": ("sparsity",) * 2,
-          "seed": ("seed",) * 2, "experiment": ("name",) * 2,
-          "calibration": ("method.calibration",) * 2, "reduction": ("method.reduction",) * 2,
-          "budget": ("method.budget",) * 2}
+#: cell field -> (keys in the job's config, first present wins; override names, used only when
+#: no config is readable). Configs before the rd.* layout held method.reduction / method.budget.
+FIELDS = {"model": (("model_name",), ("model",)), "dataset": (("dataset.name",), ("dataset",)),
+          "method": (("method.name",), ("method",)),
+          "schedule": (("schedule.name",), ("schedule",)),
+          "finetune": (("finetune.name",), ("finetune",)),
+          "target_sparsity": (("sparsity",), ("sparsity",)),
+          "target_flops_kept": (("flops_kept",), ("flops_kept",)),
+          "seed": (("seed",), ("seed",)), "experiment": (("name",), ("name",)),
+          "calibration": (("method.calibration",), ("method.calibration",)),
+          "reduction": (("method.options.reduction", "method.reduction"),
+                        ("rd.reduction", "method.reduction")),
+          "budget": (("method.budget",), ("method.budget",))}
+SETTINGS = ("calibration", "reduction", "budget")  # fold into the label, not kept as columns
 
 
 def _job(path: Path) -> tuple[dict[str, Any], list[str], str]:
@@ -89,11 +105,13 @@ def _job(path: Path) -> tuple[dict[str, Any], list[str], str]:
         if cfg is not None:
             break
     fields = {}
-    for name, (key, override) in FIELDS.items():
-        value = None
-        if cfg is not None:  # unresolvable interpolations (${hydra:...}) read as None
-            value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-        fields[name] = given.get(override) if value is None else value
+    for name, (keys, names) in FIELDS.items():
+        if cfg is None:  # overrides stand in only for a missing config: a key the config lacks
+            found = (given.get(n) for n in names)  # is absent on purpose (a baseline's rd.*)
+        else:  # unresolvable interpolations (${hydra:...}) read as None
+            found = (OmegaConf.select(cfg, k, default=None, throw_on_resolution_failure=False)
+                     for k in keys)
+        fields[name] = next((v for v in found if v is not None), None)
     config_id = ""
     if cfg is not None:
         flat = pd.json_normalize(OmegaConf.to_container(cfg, resolve=False)).iloc[0].to_dict()
@@ -101,6 +119,26 @@ def _job(path: Path) -> tuple[dict[str, Any], list[str], str]:
                 if not any(k == x or k.startswith(x + ".") for x in VOLATILE)}
         config_id = hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:8]
     return fields, overrides, config_id
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _target(fields: dict[str, Any]) -> tuple[str, float]:
+    """``(target_kind, target in %)`` of a run: a FLOPs target whenever the budget is FLOPs."""
+    s, kept = fields.get("target_sparsity"), fields.get("target_flops_kept")
+    if _number(kept):
+        return "flops", round(100 * float(kept), 4)
+    if fields.get("budget") == "flops":  # older configs: method.budget=flops, sparsity = removed
+        return "flops", round(100 * (1 - float(s)), 4) if _number(s) else np.nan
+    return "sparsity", round(100 * float(s), 4) if _number(s) else np.nan
+
+
+def target_label(target: float, kind: str = "sparsity") -> str:
+    """A target in percent as a column label: 90 -> '90%', a FLOPs target 30 -> 'FLOPs kept 30%'."""
+    text = f"{round(float(target), 2):g}%"
+    return f"FLOPs kept {text}" if kind == "flops" else text
 
 
 def _variant(calibration: Any, reduction: Any, budget: Any) -> str:
@@ -111,18 +149,31 @@ def _variant(calibration: Any, reduction: Any, budget: Any) -> str:
     if reduction == "mean":
         parts.append("mean distortion")
     if budget == "flops":
-        parts.append("FLOPs budget")
+        parts.append("FLOPs target")
     return ", ".join(parts)
 
 
-def _cell_fields(fields: dict[str, Any], variant: str) -> dict[str, Any]:
+def _cell_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Label (method and variant), target and target kind of a run or failed job's fields."""
+    budget = "flops" if fields.get("target_flops_kept") is not None else fields.get("budget")
+    variant = _variant(fields.get("calibration"), fields.get("reduction"), budget)
+    kind, target = _target({**fields, "budget": budget})
     method = fields.get("method")
-    s = fields.get("target_sparsity")
-    return {
-        "variant": variant,
-        "label": f"{method} ({variant})" if variant else method,
-        "target": round(100 * float(s), 4) if isinstance(s, (int, float)) else np.nan,
-    }
+    return {"variant": variant, "label": f"{method} ({variant})" if variant else method,
+            "target": target, "target_kind": kind}
+
+
+def _protocol(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``protocol`` (official | custom | none) and its differences, joined, from metrics.json:
+    :func:`rdprune.protocol.describe`'s dict, or a name with ``protocol_differences``."""
+    p = metrics.get("protocol")
+    diffs = metrics.get("protocol_differences", [])
+    if isinstance(p, dict):
+        p, diffs = p.get("protocol"), p.get("differences", [])
+    out = {"protocol": p if isinstance(p, str) else None}
+    if isinstance(diffs, list) and diffs:
+        out["protocol_differences"] = "; ".join(map(str, diffs))
+    return out
 
 
 def collect(dirs: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
@@ -146,10 +197,10 @@ def collect(dirs: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[
             status, message = "failed", next((ln for ln in lines if ln), "(empty FAILED file)")
         else:
             status, message = "incomplete", "no metrics.json and no FAILED (killed or running)"
-        variant = _variant(fields.pop("calibration"), fields.pop("reduction"),
-                           fields.pop("budget"))
+        cell = _cell_fields(fields)
+        fields = {k: v for k, v in fields.items() if k not in SETTINGS}
         failed.append({"path": str(path), "status": status, "message": message,
-                       "overrides": overrides, **fields, **_cell_fields(fields, variant)})
+                       "overrides": overrides, **fields, **cell})
     for path in run_dirs:
         fields, overrides, config_id = _job(path)
         try:
@@ -166,9 +217,12 @@ def collect(dirs: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[
                 row.update({f"seconds_{s}": t for s, t in v.items()})
             elif k == "rounds" and isinstance(v, list):
                 row["num_rounds"] = len(v)
-        variant = _variant(fields["calibration"], fields["reduction"],
-                           metrics.get("budget_type", fields["budget"]))
-        row.update(_cell_fields(row, variant))
+        row.update(_protocol(metrics))
+        if row.get("flops_remaining") is None and _number(row.get("flops_kept")):
+            row["flops_remaining"] = 100 * row["flops_kept"]  # the fraction's percent
+        # metrics.json knows the target and budget best; the config fills in what it lacks
+        budget = metrics.get("budget_type") or fields["budget"]
+        row.update(_cell_fields({**fields, **row, "budget": budget}))
         row.update(run_dir=str(path), overrides=" ".join(overrides), config_id=config_id,
                    has_layers=(path / "layers.csv").is_file(),
                    has_rounds=row.get("num_rounds", 1) > 1 and (path / "rounds.csv").is_file(),
@@ -178,12 +232,13 @@ def collect(dirs: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[
     df = pd.DataFrame(rows)
     if df.empty:
         return df, failed
-    for c in GROUP + ["method", "experiment"]:
+    for c in GROUP + ["method", "experiment", "protocol"]:
         df[c] = df[c].fillna("unknown").astype(str) if c in df else "unknown"
     df["label"] = df["label"].fillna(df["method"])
     for d in df.loc[df["target"].isna(), "run_dir"]:
-        log.warning("%s: no target sparsity in metrics.json or config; left out of tables", d)
-    df = df.drop(columns=[c for c in ("calibration", "reduction", "budget") if c in df])
+        log.warning("%s: no target (sparsity or FLOPs) in metrics.json or config; left out "
+                    "of tables", d)
+    df = df.drop(columns=[c for c in SETTINGS if c in df])
     # a re-run of the same config and seed supersedes the older; different configs in one cell
     # are both kept (and flagged in README.md)
     newest = df.sort_values("mtime").groupby(CELL + ["seed", "config_id"], dropna=False) \
