@@ -11,7 +11,10 @@ behaviour, not config: :data:`FIXES` lists them with their reasons, apart from t
   by the pipeline in ``metrics.json``.
 - :func:`check` composes every paper experiment (``conf/experiment``; one per published row of
   :mod:`rdprune.published`) and compares it setting by setting, target and schedule included.
-- ``python -m rdprune.protocol [--out results/protocol.md]`` prints (writes) that comparison.
+- ``python -m rdprune.protocol [--out results/protocol.md]`` prints (writes) that comparison;
+  exit status 1 when any setting differs.
+
+Longer than most modules because half of it is the specification itself, kept in one place.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ DataFrame (one row per run) and writes, as Markdown, LaTeX (booktabs) and CSV:
   target), mean ± std over seeds, published numbers (:mod:`rdprune.published`) beside, the
   measured dense top-1 against the published one, and the protocol that produced the runs
   (:mod:`rdprune.protocol`: official, custom, none; unknown for runs older than the record);
-- ``baselines`` / ``baselines_distortion[_mean]``: methods x target sparsities per (model,
-  dataset, schedule, fine-tune) group, best per column in bold, absent cells "missing" (never 0);
-- ``layer_sparsity``: per-layer sparsity (%) by method, per group and target sparsity;
+- ``baselines`` / ``baselines_distortion[_mean]``: methods x targets per (model, dataset,
+  schedule, fine-tune) group, best per column in bold, absent cells "missing" (never 0);
+- ``layer_sparsity``: per-layer sparsity (%) by method, per group and target;
 - ``rounds`` (iterative runs only): top-1 after pruning and after fine-tuning, round by round;
 
 plus ``runs.csv``, ``failed.md``, figures (:mod:`rdprune.plots`) and a ``README.md`` holding the
@@ -49,7 +49,13 @@ from rdprune.tables import (  # noqa: F401 - re-exported for callers of the repo
     MISSING,
     NA,
     Table,
+    additivity_table,
+    baseline_table,
+    layer_table,
+    num,
+    pct,
     pm,
+    rounds_table,
     tex_escape,
     to_latex,
     to_markdown,
@@ -59,20 +65,11 @@ from rdprune.tables import (  # noqa: F401 - re-exported for callers of the repo
 log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------
-# tables
-
-
-def pct(target: float) -> str:
-    """A target sparsity in percent as a column label: 90 -> '90%', 98.847 -> '98.85%'."""
-    return f"{round(float(target), 2):g}%"
+# the paper table (the other tables: rdprune.tables)
 
 
 def _display(name: str) -> str:
     return DISPLAY.get(name, name)
-
-
-def _num(x: Any, fmt: str) -> str:
-    return NA if x is None or pd.isna(x) else format(x, fmt)
 
 
 def _protocol_cell(g: pd.DataFrame) -> tuple[str, list[str]]:
@@ -119,19 +116,19 @@ def paper_table(df: pd.DataFrame, failed: Iterable[dict[str, Any]] = ()) -> Tabl
         cells.append({
             "Model": _display(cell["model"]), "Dataset": _display(cell["dataset"]),
             "Method": cell["label"], "Schedule": cell["schedule"], "Fine-tune": cell["finetune"],
-            "Sparsity (%)": _num(row["sparsity"], ".2f"),
-            "FLOPs remaining (%)": _num(row["flops_remaining"], ".2f"),
-            "Top-1": pm(mean, std, n), "Dense": _num(dense, ".2f"),
-            "diff": _num(row["diff"], "+.2f"),
+            "Sparsity (%)": num(row["sparsity"], ".2f"),
+            "FLOPs remaining (%)": num(row["flops_remaining"], ".2f"),
+            "Top-1": pm(mean, std, n), "Dense": num(dense, ".2f"),
+            "diff": num(row["diff"], "+.2f"),
             "Seeds": f"{n}" + (f" ({k_fail} failed)" if k_fail else ""),
-            "Paper sparsity (%)": _num(row["paper_sparsity"], "g"),
-            "Paper FLOPs (%)": _num(row["paper_flops"], "g"),
+            "Paper sparsity (%)": num(row["paper_sparsity"], "g"),
+            "Paper FLOPs (%)": num(row["paper_flops"], "g"),
             "Paper Top-1": (pm(pub.top1, pub.top1_std or np.nan, 2 if pub.top1_std else 1)
                             if pub else NA),
-            "Paper dense": _num(row["paper_dense"], ".2f"),
-            "Paper diff": _num(row["paper_diff"], "+.2f"),
-            "Dense: measured / paper": (f"{_num(dense, '.2f')} / {pub_dense:.2f} "
-                                        f"({_num(row['dense_gap'], '+.2f')})"
+            "Paper dense": num(row["paper_dense"], ".2f"),
+            "Paper diff": num(row["paper_diff"], "+.2f"),
+            "Dense: measured / paper": (f"{num(dense, '.2f')} / {pub_dense:.2f} "
+                                        f"({num(row['dense_gap'], '+.2f')})"
                                         if pub_dense is not None else NA),
             "Protocol": protocol,
         })
@@ -150,186 +147,6 @@ def paper_table(df: pd.DataFrame, failed: Iterable[dict[str, Any]] = ()) -> Tabl
     notes += [f"Custom protocol, {c}." for c in custom]
     return Table("Top-1 after pruning (paper layout)", pd.DataFrame(cells), pd.DataFrame(data),
                  notes=notes, left=5, key="paper_table")
-
-
-#: metric -> (description, higher is better, mean formatter, with ± std)
-METRICS = {
-    "top1": ("Top-1 (%) on the test set after the last round", True, "{:.2f}", True),
-    "pruned_top1": ("Top-1 (%) right after pruning, before fine-tuning", True, "{:.2f}", True),
-    "joint_distortion_worst": ("Joint output distortion of the last pruning round on the "
-                               "calibration set (worst case: max per-sample MSE of the logits, "
-                               "before fine-tuning), mean over seeds", False, "{:.3g}", False),
-    "joint_distortion_mean": ("Joint output distortion of the last pruning round on the "
-                              "calibration set (mean MSE of the logits, before fine-tuning), "
-                              "mean over seeds", False, "{:.3g}", False),
-}
-
-
-def baseline_table(df: pd.DataFrame, metric: str = "top1",
-                   failed: Iterable[dict[str, Any]] = ()) -> dict[str, Table]:
-    """Methods x targets, one table per (model, dataset, schedule, fine-tune) group.
-
-    A cell no completed run fills (the method lacks that target, or its jobs failed) reads
-    ``missing``; the best value per column (of at least two) is bold. Columns are target
-    sparsities, then FLOPs targets ("FLOPs kept x%").
-
-    Returns:
-        ``{group slug: Table}``, e.g. ``{"resnet32_digits_oneshot_adamw": ...}``.
-    """
-    what, higher, fmt, with_std = METRICS.get(metric, (metric, True, "{:.4g}", True))
-    runs = complete(df)
-    failed = [f for f in failed if all(f.get(c) is not None and not pd.isna(f.get(c))
-                                       for c in CELL)]
-    keys = pd.DataFrame([{c: f[c] for c in CELL} for f in failed], columns=CELL)
-    if not runs.empty:
-        keys = pd.concat([runs[CELL], keys], ignore_index=True)
-    out = {}
-    for gkey, g in keys.groupby(GROUP, sort=True):
-        slug = "_".join(str(k) for k in gkey)
-        sel = runs[(runs[GROUP] == pd.Series(gkey, index=GROUP)).all(axis=1)] if len(runs) else runs
-        agg = ["mean", "std", "count"]
-        stats = (sel.groupby(["label", "target", "target_kind"])[metric].agg(agg) if len(sel)
-                 else pd.DataFrame(columns=agg))
-        labels = sorted(g["label"].unique(), key=method_rank)
-        # one column per target, sparsity targets first; a FLOPs target reads "FLOPs kept x%"
-        targets = sorted(set(zip(g["target"], g["target_kind"])),
-                         key=lambda tk: (tk[1] != "sparsity", tk[0]))
-        heads = {tk: target_label(*tk) for tk in targets}
-        data, cells, bold, seeds, missing, failures = [], [], set(), {}, [], []
-        for lab in labels:
-            cells.append({"Method": lab})
-            for t, kind in targets:
-                head = heads[(t, kind)]
-                m, s, n = (stats.loc[(lab, t, kind)] if (lab, t, kind) in stats.index
-                           else (np.nan, np.nan, 0))
-                n = int(n)
-                k_fail = sum(1 for f in failed
-                             if tuple(f[c] for c in CELL) == (*gkey, lab, t, kind))
-                data.append({**dict(zip(GROUP, gkey)), "method": lab,
-                             "target_sparsity": t if kind == "sparsity" else np.nan,
-                             "target_flops_kept": t if kind == "flops" else np.nan,
-                             "column": head, "metric": metric, "mean": m, "std": s, "seeds": n,
-                             "failed": k_fail})
-                if k_fail:
-                    failures.append(f"{lab} @ {head} ({k_fail})")
-                if n == 0:
-                    cells[-1][head] = MISSING
-                    missing.append(f"{lab} @ {head}")
-                else:
-                    cells[-1][head] = (pm(m, s, n, 2) if with_std else fmt.format(m))
-                    seeds[(lab, head)] = n
-        table = pd.DataFrame(cells, columns=["Method", *heads.values()])
-        data = pd.DataFrame(data)
-        for head in heads.values():
-            col = data[(data.column == head) & (data.seeds > 0)]
-            if len(col) >= 2:
-                shown = col["mean"].map(lambda v: float(fmt.format(v)))
-                best = shown.max() if higher else shown.min()
-                for lab in col.loc[shown == best, "method"]:
-                    bold.add((labels.index(lab), head))
-        data["best"] = [(labels.index(r.method), r.column) in bold for r in data.itertuples()]
-        counts = sorted(set(seeds.values()))
-        common = max(counts, key=list(seeds.values()).count) if counts else 0
-        notes = [f"{what}" + (", mean ± std over seeds (ddof=1; one seed: no ±)" if with_std
-                              else "") + f"; {'higher' if higher else 'lower'} is better, "
-                 "best per column in bold.",
-                 f"Seeds per cell: n={common}" + "".join(
-                     f"; {lab} @ {head}: n={n}" for (lab, head), n in seeds.items()
-                     if n != common) + "."]
-        if missing:
-            notes.append(f"{MISSING}: no completed run for " + ", ".join(missing) + ".")
-        if failures:
-            notes.append("Failed or incomplete jobs (see failed.md): " + ", ".join(failures) + ".")
-        title = " / ".join(str(k) for k in gkey)
-        out[slug] = Table(title, table, data, bold, notes, left=1, key=slug)
-    return out
-
-
-def _slug(group: tuple, target: float, kind: str) -> str:
-    """A table key: the group, then ``_s<target>`` (sparsity) or ``_f<target>`` (FLOPs kept)."""
-    return "_".join(map(str, group)) + f"_{'f' if kind == 'flops' else 's'}{target:g}"
-
-
-def _target_columns(target: float, kind: str) -> dict[str, float]:
-    return {"target_sparsity" if kind == "sparsity" else "target_flops_kept": target}
-
-
-def layer_table(df: pd.DataFrame, layers: pd.DataFrame | None = None) -> dict[str, Table]:
-    """Per-layer sparsity (%) by method: rows = layers in model order, columns = methods.
-
-    One table per (model, dataset, schedule, fine-tune, target sparsity); values are means over
-    seeds; the last row is the whole model.
-    """
-    layers = load_layers(df) if layers is None else layers
-    out: dict[str, Table] = {}
-    if layers.empty:
-        return out
-    for key, g in layers.groupby(GROUP + ["target_kind", "target"], sort=True):
-        group, kind, target = key[:-2], key[-2], key[-1]
-        first = g[g.run_dir == g.run_dir.iloc[0]].sort_values("position")
-        labels = sorted(g["label"].unique(), key=method_rank)
-        mean = g.groupby(["name", "label"])["sparsity"].mean().unstack("label") * 100
-        per_run = g.groupby(["label", "run_dir"])[["kept", "weights"]].sum()
-        total = (100 * (1 - per_run.kept / per_run.weights)).groupby("label").mean()
-        cells = first[["name", "type", "shape", "weights"]].rename(columns=str.title)
-        cells = cells.rename(columns={"Name": "Layer"}).astype(str).reset_index(drop=True)
-        for lab in labels:
-            cells[lab] = [_num(mean.loc[n, lab], ".2f") for n in first["name"]]
-        cells.loc[len(cells)] = ["all layers", "", "", str(int(first["weights"].sum())),
-                                 *[_num(total[lab], ".2f") for lab in labels]]
-        data = g.groupby(["position", "name", "type", "shape", "weights", "label"])["sparsity"] \
-            .agg(["mean", "count"]).reset_index().rename(columns={"mean": "sparsity",
-                                                                  "count": "seeds"})
-        data = data.assign(**dict(zip(GROUP, group)), **_target_columns(target, kind))
-        slug = _slug(group, target, kind)
-        title = " / ".join(group) + f" @ {target_label(target, kind)}"
-        out[slug] = Table(title, cells, data, notes=[
-            "Sparsity (%) of each prunable layer (weights removed), mean over seeds; "
-            "last row: all prunable weights."], left=3, key=slug)
-    return out
-
-
-def rounds_table(rounds: pd.DataFrame) -> dict[str, Table]:
-    """Iterative runs round by round: rows = methods, one column per round (its target).
-
-    A cell reads ``after prune → after fine-tune`` (top-1 %, mean over seeds; ± on the final
-    one). One table per (model, dataset, schedule, fine-tune, final target sparsity).
-    """
-    out: dict[str, Table] = {}
-    if rounds.empty:
-        return out
-    for key, g in rounds.groupby(GROUP + ["target_kind", "target"], sort=True):
-        group, kind, target = key[:-2], key[-2], key[-1]
-        g = g.assign(**{c: g.get(c, np.nan) for c in ("target_sparsity", "target_flops_kept")})
-        stats = g.groupby(["label", "round"]).agg(
-            target_sparsity=("target_sparsity", "mean"),
-            target_flops_kept=("target_flops_kept", "mean"), achieved_sparsity=(
-                "achieved_sparsity", "mean"), pruned_top1=("pruned_top1", "mean"),
-            top1=("top1", "mean"), top1_std=("top1", "std"), seeds=("top1", "count"),
-        ).reset_index()
-        labels = sorted(stats["label"].unique(), key=method_rank)
-        first = stats.groupby("round")[["target_sparsity", "target_flops_kept"]].first()
-        if kind == "flops":  # older FLOPs runs wrote the MACs removed as the round's sparsity
-            kept = first["target_flops_kept"].fillna(1 - first["target_sparsity"])
-            cols = {r: f"r{r} ({target_label(100 * v, kind)})" for r, v in kept.items()}
-        else:
-            cols = {r: f"r{r} ({pct(100 * t)})" for r, t in first["target_sparsity"].items()}
-        cells = []
-        for lab in labels:
-            row = {"Method": lab}
-            for _, s in stats[stats.label == lab].iterrows():
-                row[cols[s["round"]]] = (f"{s['pruned_top1']:.2f} → "
-                                         f"{pm(s['top1'], s['top1_std'], int(s['seeds']), 2)}")
-            cells.append(row)
-        table = pd.DataFrame(cells, columns=["Method", *cols.values()]).fillna(MISSING)
-        data = stats.assign(**dict(zip(GROUP, group)), final_target=target, target_kind=kind)
-        slug = _slug(group, target, kind)
-        title = " / ".join(group) + f" to {target_label(target, kind)}"
-        out[slug] = Table(title, table, data, notes=[
-            "Each round: top-1 (%) right after pruning → after that round's fine-tune, mean over "
-            "seeds (± std of the latter, ddof=1); column = round and its cumulative target."],
-            left=1, key=slug)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -462,21 +279,6 @@ def write_report(dirs: Iterable[str | os.PathLike], out: str | os.PathLike, wand
                   project, group, command)
     print(f"report: {summary} -> {rel(out)}", flush=True)
     return {"runs": runs, "failed": failed, "files": files}
-
-
-def additivity_table(add: pd.DataFrame) -> Table:
-    """Per kind and sparsity: subsets measured and the joint / sum-of-singles ratio."""
-    add = add.assign(ratio=add["joint"] / add["sum_single"])
-    data = add.groupby(["kind", "sparsity"])["ratio"].agg(
-        subsets="count", median="median", min="min", max="max").reset_index()
-    cells = pd.DataFrame({"Kind": data["kind"].astype(str),
-                          "Sparsity": data["sparsity"].map(lambda s: f"{s:g}"),
-                          "Subsets": data["subsets"].astype(str),
-                          "Median joint / sum": data["median"].map(lambda v: f"{v:.3f}"),
-                          "Range": [f"{a:.3f}–{b:.3f}" for a, b in zip(data["min"], data["max"])]})
-    return Table("Joint distortion vs sum of single-layer distortions", cells, data, notes=[
-        "Ratio 1 = exactly additive. Sparsity as written in additivity.csv."], left=2,
-        key="additivity")
 
 
 DESCRIPTIONS = {
