@@ -202,3 +202,14 @@ def test_a_read_only_shared_cache_serves_every_result(tmp_path):
     assert sorted(p for p in (shared / "cache").rglob("*") if p.is_file()) == sorted(files)
     mine, theirs = torch.load(reader / "run" / "model.pt"), torch.load(shared / "owner" / "model.pt")
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+@pytest.mark.parametrize("model", sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")))
+def test_every_model_config_sets_up_on_the_offline_default(tmp_path, model):
+    """`python run.py model=<any>` on the default digits: the image size and recipe adapt to
+    the model (VGG's five max-pools need 32x32; ImageNet models train from scratch offline)."""
+    cfg = compose_config([f"model={model}", "device=cpu"], tmp_path)
+    assert cfg.dataset.name == "digits" and cfg.recipe.dense_steps <= 1000
+    run = pipeline.setup(cfg)
+    assert run.layers and cfg.model.get("weights") is None
+    assert cfg.dataset.image_size == cfg.input_size
