@@ -180,10 +180,11 @@ def collect(dirs: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[
     """Load every run below ``dirs``.
 
     Returns:
-        ``(runs, failed)``: one row per complete run (metrics.json fields, ``target`` = target
-        sparsity in %, ``label`` = method plus non-default variant, ``config_id`` = digest of the
-        config without seed/paths/name, ``superseded`` = an older run of the same config_id,
-        cell and seed, ``run_dir``, ``overrides``); and one
+        ``(runs, failed)``: one row per complete run (metrics.json fields, ``target`` in % and
+        ``target_kind``, ``label`` = method plus non-default variant, ``flops_remaining`` in %,
+        ``protocol`` and ``protocol_differences``, ``config_id`` = digest of the config without
+        seed/paths/name, ``superseded`` = an older run of the same config_id, cell and seed,
+        ``run_dir``, ``overrides``); and one
         dict per failed or incomplete job (``path``, ``status``, ``message``, ``overrides`` and
         its cell fields where the config tells them).
     """
