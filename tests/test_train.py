@@ -104,11 +104,11 @@ def test_nan_loss_stops_with_the_step(data, tmp_path):
 
 def test_a_revived_weight_is_an_error_not_a_warning(data, monkeypatch):
     """If anything revives a pruned weight mid-training, the epoch check stops the run."""
-    import rdprune.train as train_module
+    import rdprune.loop as loop_module
     from rdprune.masks import MaskViolationError
 
     model, layers, masks = pruned_model()
-    real_apply = train_module.apply_masks
+    real_apply = loop_module.apply_masks
     calls = {"n": 0}
 
     def leaky_apply(layers_, masks_):
@@ -116,8 +116,8 @@ def test_a_revived_weight_is_an_error_not_a_warning(data, monkeypatch):
         if calls["n"] < 3:  # the first steps mask properly, then masking silently breaks
             real_apply(layers_, masks_)
 
-    monkeypatch.setattr(train_module, "apply_masks", leaky_apply)
-    monkeypatch.setattr(train_module, "mask_gradients", lambda *a: None)
+    monkeypatch.setattr(loop_module, "apply_masks", leaky_apply)
+    monkeypatch.setattr(loop_module, "mask_gradients", lambda *a: None)
     with pytest.raises(MaskViolationError, match="pruned weights of layer"):
         fit(model, data, steps=8, batch_size=32, optimizer=OPTIMIZERS["adamw"], masks=masks,
             progress=False)

@@ -12,10 +12,12 @@ then ``rho *= rho_growth``. The model is trained in place but *not* hard-pruned 
 prunes it with :func:`rdprune.masks.magnitude_masks` (whose choice :func:`project` reproduces
 exactly) and retrains with the masks fixed (:func:`rdprune.train.fit`).
 
-Like :func:`rdprune.train.fit`, the phase is deterministic on CPU: batches are a function of
-``(seed, global step)`` and the model's randomness is reseeded at every step, so a phase killed and
-restarted from its checkpoint (saved after every ADMM iteration) ends bitwise-identical to an
-uninterrupted one.
+The W-steps run in the shared training loop (:func:`rdprune.loop.run_steps`) with the penalty as
+a :class:`rdprune.loop.Penalty` that also does the Z- and U-steps at the end of every iteration, so
+the phase is deterministic on CPU like :func:`rdprune.train.fit` (batches are a function of
+``(seed, global step)``, the model's randomness is reseeded at every step) and a phase killed and
+restarted from its checkpoint (saved after every ADMM iteration, and on a stop signal after the
+step in flight) ends bitwise-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -29,13 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from rdprune import cache
-from rdprune.data import Splits, step_seed
+from rdprune.data import Splits
 from rdprune.errors import UserError
-from rdprune.layers import unwrap
+from rdprune.loop import run_steps
 from rdprune.masks import keep_mask, num_pruned
-from rdprune.progress import bar as progress_bar
-from rdprune.train import TrainingDivergedError, autocast
 
 log = logging.getLogger(__name__)
 
@@ -147,101 +146,99 @@ def admm_phase(
     model.to(device)
     kept = {name: m.weight.numel() - num_pruned(m.weight.numel(), s)
             for (name, m), s in zip(layers.items(), sparsities)}
-    weights = {name: m.weight for name, m in layers.items() if kept[name] < m.weight.numel()}
-    opt = optimizer(model.parameters())
     # everything the trajectory depends on besides the model and `iters`: a checkpoint written
     # under other settings must not be continued silently
     signature = {"layers": list(layers), "kept": list(kept.values()), "rho": rho,
                  "rho_growth": rho_growth, "steps_per_iter": steps_per_iter,
                  "batch_size": batch_size, "seed": seed, "precision": str(precision)}
-
-    with torch.no_grad():
-        z = {name: project(w, kept[name]) for name, w in weights.items()}
-        u = {name: torch.zeros_like(w) for name, w in weights.items()}
-    rho_now, done, history = rho, 0, []
-    if checkpoint is not None and (state := cache.try_load(checkpoint)) is not None:
-        if state["signature"] != signature:
-            raise UserError(
-                f"{desc}: checkpoint {checkpoint} was written with other settings "
-                f"({state['signature']} vs {signature}); delete it to start over"
-            )
-        if state["iteration"] > iters:
-            raise UserError(
-                f"{desc}: checkpoint {checkpoint} already has {state['iteration']} iterations, "
-                f"more than iters={iters}; delete it to start over"
-            )
-        unwrap(model).load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        z = {k: v.to(device) for k, v in state["z"].items()}
-        u = {k: v.to(device) for k, v in state["u"].items()}
-        rho_now, done, history = state["rho"], state["iteration"], state["history"]
-        log.info("%s: resuming after iteration %d (%s)", desc, done, checkpoint)
-    if done >= iters:
-        return history
-
-    def save_checkpoint() -> None:
-        cache.save(checkpoint, {
-            "signature": signature, "iteration": done, "step": done * steps_per_iter,
-            "rho": rho_now, "model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-            "z": {k: v.cpu() for k, v in z.items()}, "u": {k: v.cpu() for k, v in u.items()},
-            "history": history,
-        })
-
-    loss_fn = nn.CrossEntropyLoss()
+    admm = _Admm(layers, kept, rho, rho_growth, iters, steps_per_iter, signature, desc,
+                 checkpoint, device)
     model.train()
-    start, total = done * steps_per_iter, iters * steps_per_iter
-    bar = progress_bar(total=total, initial=start, desc=desc, disable=not progress)
-    anchors = {name: z[name] - u[name] for name in weights}  # W is pulled towards Z - U
-    losses, penalties = [], []
-    for step, (x, y) in enumerate(data.train_batches(batch_size, seed, start, total), start=start):
-        it, k = divmod(step, steps_per_iter)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        torch.manual_seed(step_seed(seed, step))
-        with autocast(device, precision):
-            loss = loss_fn(model(x), y)
-        penalty = torch.zeros((), device=device)
-        for name, w in weights.items():
-            penalty = penalty + (w.float() - anchors[name]).pow(2).sum()
-        penalty = penalty * (rho_now / 2)
-        objective = loss.float() + penalty
-        if not torch.isfinite(objective):
-            raise TrainingDivergedError(
-                f"{desc}: loss {loss.item()} + penalty {penalty.item()} is not finite at "
-                f"iteration {it + 1}/{iters}, step {k + 1}/{steps_per_iter} (global step "
-                f"{step}); the last checkpoint ({checkpoint or 'none'}) is kept - lower the "
-                "learning rate or rho"
-            )
-        opt.zero_grad(set_to_none=True)
-        objective.backward()
-        opt.step()
-        losses.append(loss.item())
-        penalties.append(penalty.item())
-        bar.update(1)
-        if k + 1 < steps_per_iter:
-            continue
+    return run_steps(
+        model, data, steps=iters * steps_per_iter, batch_size=batch_size, optimizer=optimizer,
+        seed=seed, device=device, checkpoint=checkpoint, checkpoint_every=steps_per_iter,
+        precision=precision, desc=desc, log_every=steps_per_iter, progress=progress,
+        penalty=admm, save_at_end=True,
+    )
 
+
+class _Admm:
+    """The ADMM state (Z, U, rho) as the training loop's penalty (:class:`rdprune.loop.Penalty`).
+
+    A layer whose sparsity keeps all its weights has no constraint and no penalty.
+    """
+
+    def __init__(self, layers: Mapping[str, nn.Module], kept: Mapping[str, int], rho: float,
+                 rho_growth: float, iters: int, steps_per_iter: int, signature: dict[str, Any],
+                 desc: str, checkpoint: str | Path | None, device: torch.device) -> None:
+        self.kept, self.rho_growth = kept, rho_growth
+        self.iters, self.steps_per_iter = iters, steps_per_iter
+        self.signature, self.desc, self.device = signature, desc, device
+        self.source = f"{desc}: checkpoint {checkpoint}"
+        self.weights = {name: m.weight for name, m in layers.items()
+                        if kept[name] < m.weight.numel()}
         with torch.no_grad():
-            z_prev = z
-            z = {name: project(w + u[name], kept[name]) for name, w in weights.items()}
-            u = {name: u[name] + w - z[name] for name, w in weights.items()}
-            primal = _norm({name: w - z[name] for name, w in weights.items()})
+            self.z = {name: project(w, kept[name]) for name, w in self.weights.items()}
+            self.u = {name: torch.zeros_like(w) for name, w in self.weights.items()}
+        self.rho, self.iteration = rho, 0
+        self._anchor()
+
+    def _anchor(self) -> None:
+        self.anchors = {name: self.z[name] - self.u[name] for name in self.weights}
+
+    def __call__(self) -> torch.Tensor:
+        # W is pulled towards Z - U; in float32 whatever the autocast precision of the loss
+        penalty = torch.zeros((), device=self.device)
+        for name, w in self.weights.items():
+            penalty = penalty + (w.float() - self.anchors[name]).pow(2).sum()
+        return penalty * (self.rho / 2)
+
+    def log(self, row: dict[str, float]) -> dict[str, Any]:
+        """Z-step, U-step and residuals at the end of an iteration; then ``rho *= rho_growth``."""
+        weights = self.weights
+        with torch.no_grad():
+            z_prev = self.z
+            self.z = {name: project(w + self.u[name], self.kept[name])
+                      for name, w in weights.items()}
+            self.u = {name: self.u[name] + w - self.z[name] for name, w in weights.items()}
+            primal = _norm({name: w - self.z[name] for name, w in weights.items()})
             w_norm = _norm(weights)
-            dual = rho_now * _norm({name: z[name] - z_prev[name] for name in weights})
-        history.append({
-            "iter": it + 1, "step": step + 1, "rho": rho_now,
-            "loss": sum(losses) / len(losses), "penalty": sum(penalties) / len(penalties),
-            "primal_residual": primal, "primal_residual_rel": primal / w_norm if w_norm else 0.0,
-            "dual_residual": dual,
-        })
-        losses, penalties = [], []
-        row = history[-1]
-        log.info("%s iteration %d/%d: rho %.3g loss %.4f primal %.4g (rel %.3g) dual %.4g", desc,
-                 it + 1, iters, rho_now, row["loss"], primal, row["primal_residual_rel"], dual)
-        bar.set_postfix(iter=it + 1, primal=f"{row['primal_residual_rel']:.3g}")
-        rho_now *= rho_growth
-        anchors = {name: z[name] - u[name] for name in weights}
-        done = it + 1
-        if checkpoint is not None:
-            save_checkpoint()
-    bar.close()
-    return history
+            dual = self.rho * _norm({name: self.z[name] - z_prev[name] for name in weights})
+        self.iteration += 1
+        out = {
+            "iter": self.iteration, "step": row["step"], "rho": self.rho,
+            "loss": row["loss"], "penalty": row["penalty"], "primal_residual": primal,
+            "primal_residual_rel": primal / w_norm if w_norm else 0.0, "dual_residual": dual,
+        }
+        log.info("%s iteration %d/%d: rho %.3g loss %.4f primal %.4g (rel %.3g) dual %.4g",
+                 self.desc, self.iteration, self.iters, self.rho, out["loss"], primal,
+                 out["primal_residual_rel"], dual)
+        self.rho *= self.rho_growth
+        self._anchor()
+        return out
+
+    def where(self, step: int) -> str:
+        it, k = divmod(step, self.steps_per_iter)
+        return (f"iteration {it + 1}/{self.iters}, step {k + 1}/{self.steps_per_iter} "
+                f"(global step {step})")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"signature": self.signature, "iteration": self.iteration, "rho": self.rho,
+                "z": {k: v.cpu() for k, v in self.z.items()},
+                "u": {k: v.cpu() for k, v in self.u.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["signature"] != self.signature:
+            raise UserError(
+                f"{self.source} was written with other settings ({state['signature']} vs "
+                f"{self.signature}); delete it to start over"
+            )
+        if state["iteration"] > self.iters:
+            raise UserError(
+                f"{self.source} already has {state['iteration']} iterations, more than "
+                f"iters={self.iters}; delete it to start over"
+            )
+        self.z = {k: v.to(self.device) for k, v in state["z"].items()}
+        self.u = {k: v.to(self.device) for k, v in state["u"].items()}
+        self.rho, self.iteration = state["rho"], state["iteration"]
+        self._anchor()

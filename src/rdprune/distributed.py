@@ -18,6 +18,13 @@ What a run with ``devices = n`` keeps from a single-process run:
   resumed with any number of devices); at the end it hands the weights and history back to the
   caller's model. The logged loss is the mean over ranks; NaN on any rank stops every rank at
   the same step, and the caller gets :class:`rdprune.train.TrainingDivergedError`.
+- **Stop signals** (:mod:`rdprune.preemption`): the parent forwards SIGUSR2/SIGTERM/SIGINT to the
+  workers (a scheduler may signal only the parent); a signal on any rank stops every rank after
+  the same step, rank 0 writes the checkpoint, and the parent hands the signal on (submitit
+  requeues). If that handler returns, the workers are started again and resume from the
+  checkpoint; unlike a single process, they then checkpoint only every ``checkpoint_every``
+  steps, and a signal that reaches the workers after their last step's all-reduce costs the
+  steps since the last periodic checkpoint.
 
 A worker's exception is re-raised in the caller with its type and message (the worker's traceback
 is chained above it); the other workers are stopped, none is left behind.
@@ -48,8 +55,9 @@ from rdprune import cache
 from rdprune.data import Splits
 from rdprune.errors import UserError
 from rdprune.layers import unwrap
+from rdprune.loop import Replica, autocast, masked_layers, run_steps
 from rdprune.masks import check_masks
-from rdprune.train import Replica, autocast, masked_layers, run_steps
+from rdprune.preemption import Guard, StageInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +119,24 @@ class Rank(Replica):
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return data.train_batches(batch_size, seed, start, stop, self.rank, self.world)
 
-    def mean_loss(self, loss: torch.Tensor) -> float:
-        total = loss.detach().float().reshape(1).clone()
-        dist.all_reduce(total)
-        return total.item() / self.world
+    def guard(self) -> Guard:
+        # a worker may get a signal twice (from the scheduler and from its parent): no escalation
+        return Guard(escalate=False)
+
+    def sync(self, loss: torch.Tensor, signum: int) -> tuple[float, int]:
+        # the stop flag rides on the loss's all-reduce: no extra collective on ordinary steps
+        both = torch.stack([loss.detach().float().reshape(()),
+                            torch.tensor(float(signum > 0), device=loss.device)])
+        dist.all_reduce(both)
+        total, stopping = both.tolist()
+        if stopping:  # every rank takes this branch: which signal (any rank's)
+            which = torch.tensor([signum], device=loss.device)
+            dist.all_reduce(which, op=dist.ReduceOp.MAX)
+            signum = int(which.item())
+        return total / self.world, signum
+
+    def stop(self, guard: Guard, signum: int) -> None:
+        raise StageInterrupted(signum)  # the parent hands the signal on
 
 
 def broadcast_masks(
@@ -177,39 +199,34 @@ def fit(
             f"devices={devices} starts its own worker processes: launch with python run.py, "
             "not torchrun (or set devices=1)"
         )
-    tmp = Path(tempfile.mkdtemp(prefix="rdprune-ddp-"))
-    try:
-        try:
-            torch.save({"model": unwrap(model), "data": data, "masks": masks,
-                        "optimizer": optimizer, "scheduler": scheduler}, tmp / "payload.pt")
-        except (pickle.PicklingError, AttributeError, TypeError) as e:
-            raise UserError(
-                f"{desc}: devices={devices} sends the model, data, optimizer and scheduler to "
-                f"worker processes, but one of them cannot be pickled ({e}); use importable "
-                "classes and functools.partial (Hydra _partial_), not lambdas or local functions"
-            ) from e
-        spec = {
-            "parent": os.getpid(),
-            "device": device.type,
-            "threads": max(1, torch.get_num_threads() // devices),
-            "log_level": logging.getLogger("rdprune").getEffectiveLevel(),
-            "settings": {"batch_size": batch_size, "precision": precision, "desc": desc,
-                         **settings},
-        }
-        context = mp.start_processes(
-            _worker, args=(devices, str(tmp), spec), nprocs=devices, join=False,
-            start_method="spawn",
-        )
-        try:
-            while not context.join():
-                pass
-        except ProcessException as e:
-            raise _worker_error(e, tmp, devices) from e
-        finally:
-            _stop(context.processes)
-        result = torch.load(tmp / "result.pt", map_location="cpu", weights_only=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    payload = {"model": unwrap(model), "data": data, "masks": masks, "optimizer": optimizer,
+               "scheduler": scheduler}
+    spec = {
+        "parent": os.getpid(),
+        "device": device.type,
+        "threads": max(1, torch.get_num_threads() // devices),
+        "log_level": logging.getLogger("rdprune").getEffectiveLevel(),
+        "settings": {"batch_size": batch_size, "precision": precision, "desc": desc, **settings},
+    }
+    workers: list[Any] = []
+
+    def forward(signum: int) -> None:
+        for p in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signum)
+
+    checkpointing = settings.get("checkpoint") is not None
+    with Guard(on_signal=forward) if checkpointing else Guard(signals=()) as guard:
+        while True:
+            try:
+                result = _launch(payload, spec, devices, workers)
+                break
+            except StageInterrupted as e:  # rank 0 wrote the checkpoint of the last whole step
+                if not guard.pending:  # a worker was signalled alone
+                    guard.pending.append(e.signum)
+                guard.hand_on()  # returns only if the handler did: resume from the checkpoint
+        if guard.pending:  # arrived after the workers' last step: the rerun redoes the steps
+            guard.hand_on()  # since the last periodic checkpoint
     if not result["in_sync"]:
         log.warning("%s: the ranks' final parameters differ; rank 0's are kept", desc)
     unwrap(model).load_state_dict(result["model"])
@@ -220,16 +237,50 @@ def fit(
     return result["history"]
 
 
+def _launch(
+    payload: dict[str, Any], spec: dict[str, Any], devices: int, workers: list[Any]
+) -> dict[str, Any]:
+    """Start the workers, wait for them, and return rank 0's result (``workers``: the live ones)."""
+    tmp = Path(tempfile.mkdtemp(prefix="rdprune-ddp-"))
+    try:
+        try:
+            torch.save(payload, tmp / "payload.pt")
+        except (pickle.PicklingError, AttributeError, TypeError) as e:
+            raise UserError(
+                f"{spec['settings']['desc']}: devices={devices} sends the model, data, optimizer "
+                f"and scheduler to worker processes, but one of them cannot be pickled ({e}); use "
+                "importable classes and functools.partial (Hydra _partial_), not lambdas or local "
+                "functions"
+            ) from e
+        context = mp.start_processes(
+            _worker, args=(devices, str(tmp), spec), nprocs=devices, join=False,
+            start_method="spawn",
+        )
+        workers[:] = context.processes
+        try:
+            while not context.join():
+                pass
+        except ProcessException as e:
+            raise _worker_error(e, tmp, devices) from e
+        finally:
+            workers.clear()
+            _stop(context.processes)
+        return torch.load(tmp / "result.pt", map_location="cpu", weights_only=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _stop(processes: Sequence[Any]) -> None:
-    """Terminate and reap worker processes still running (after an error or an interrupt)."""
+    """Kill and reap worker processes still running (after an error or an interrupt).
+
+    SIGKILL, not SIGTERM: a checkpointing worker defers SIGTERM to its next step, which a worker
+    blocked in a collective (its peer failed) never reaches.
+    """
     for p in processes:
-        if p.is_alive():
-            p.terminate()
-    for p in processes:
-        p.join(timeout=30)
         if p.is_alive():
             p.kill()
-            p.join()
+    for p in processes:
+        p.join()
 
 
 def _worker_error(e: ProcessException, tmp: Path, world: int) -> BaseException:
