@@ -15,7 +15,6 @@ from rdprune.allocation import (
     global_magnitude,
     lamp,
     lamp_scores,
-    pruned_counts,
     uniform,
     uniform_plus,
 )
@@ -123,11 +122,15 @@ def test_non_finite_weights(name, bad):
         BASELINES[name]([torch.randn(4, 4), torch.tensor([[1.0, bad, -2.0]])], 0.5)
 
 
-def test_pruned_counts():
+def pruned_counts(weights, sparsities) -> list[int]:
+    """Weights each layer loses at the given per-layer sparsities (what the masks will remove)."""
+    assert len(sparsities) == len(weights)
+    return [num_pruned(w.numel(), float(s)) for w, s in zip(weights, sparsities)]
+
+
+def test_per_layer_counts_round_half_up():
     ws = [torch.zeros(10), torch.zeros(3)]
     assert pruned_counts(ws, [0.25, 0.5]) == [3, 2]  # round half up: 2.5 -> 3, 1.5 -> 2
-    with pytest.raises(ValueError):
-        pruned_counts(ws, [0.5])
 
 
 # --- uniform and uniform+ ----------------------------------------------------------------------

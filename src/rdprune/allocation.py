@@ -47,7 +47,9 @@ import torch
 from rdprune.errors import UserError
 from rdprune.masks import num_pruned
 
-Allocation = Callable[[Sequence[torch.Tensor], float], list[float]]
+#: the one signature of every baseline: (weights, global sparsity) -> per-layer sparsities
+BaselineFn = Callable[[Sequence[torch.Tensor], float], list[float]]
+
 
 def _check(weights: Sequence[torch.Tensor], sparsity: float) -> None:
     """Raise ValueError on a sparsity outside [0, 1), no weights or an empty tensor."""
@@ -66,13 +68,6 @@ def _check(weights: Sequence[torch.Tensor], sparsity: float) -> None:
 
 def _total(weights: Sequence[torch.Tensor]) -> int:
     return sum(w.numel() for w in weights)
-
-
-def pruned_counts(weights: Sequence[torch.Tensor], sparsities: Sequence[float]) -> list[int]:
-    """Weights each layer loses at the given per-layer sparsities (what the masks will remove)."""
-    if len(sparsities) != len(weights):
-        raise ValueError(f"{len(sparsities)} sparsities for {len(weights)} weights")
-    return [num_pruned(w.numel(), float(s)) for w, s in zip(weights, sparsities)]
 
 
 def _take_ties(below: list[int], equal: list[int], k: int) -> list[int]:
@@ -277,7 +272,7 @@ def erk(weights: Sequence[torch.Tensor], sparsity: float) -> list[float]:
     return [0.0 if i in dense else max(0.0, 1.0 - eps * ratios[i]) for i in range(len(sizes))]
 
 
-BASELINES: dict[str, Allocation] = {
+BASELINES: dict[str, BaselineFn] = {
     "uniform": uniform,
     "uniform_plus": uniform_plus,
     "global_magnitude": global_magnitude,
@@ -286,7 +281,7 @@ BASELINES: dict[str, Allocation] = {
 }
 
 
-def get_baseline(name: str) -> Allocation:
+def get_baseline(name: str) -> BaselineFn:
     """The baseline registered as ``name``.
 
     Raises:

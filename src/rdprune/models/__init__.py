@@ -22,17 +22,7 @@ from rdprune.models.lenet import lenet5
 from rdprune.models.resnet_cifar import cifar_resnet, resnet32
 from rdprune.models.vgg_cifar import vgg16
 
-# Names of the built-in (non-hub) factories, e.g. for command-line shortcuts and sweeps.
-MODELS = {
-    "resnet32": resnet32,
-    "vgg16": vgg16,
-    "densenet121": densenet121,
-    "efficientnet_b0": efficientnet_b0,
-    "lenet5": lenet5,
-}
-
 __all__ = [
-    "MODELS",
     "cifar_resnet",
     "densenet121",
     "efficientnet_b0",
