@@ -36,6 +36,7 @@ def test_quickstart_shrunk_writes_complete_outputs(tiny_config, tmp_path):
         assert 0.0 <= saved[key] <= 100.0
     for key in ("profile_seconds", "solve_seconds", "predicted_distortion"):
         assert key in saved
+    assert saved["protocol"]["protocol"] == "none"  # digits: no official recipe to compare with
 
     layers = pd.read_csv(out / "layers.csv")
     assert list(layers.columns[:7]) == ["name", "type", "shape", "weights", "kept", "sparsity",
@@ -76,6 +77,19 @@ def test_admm_then_hard_prune_then_retrain(tiny_config, tmp_path):
     masks = load(out / "masks.pt")
     assert [int(m.sum()) for m in masks.values()] == list(layers.kept)
     assert metrics["seconds"]["admm"] > 0
+
+
+@pytest.mark.slow
+def test_a_flops_target_is_met_in_macs(tiny_config, tmp_path):
+    """flops_kept=0.3: the conv/linear MACs kept are at most 30% of the dense ones (the DP's
+    MACs budget is never exceeded), and the sparsity is whatever that takes."""
+    metrics = run(tiny_config("method=ours", "rd.grid_points=11", "flops_kept=0.3"))
+    layers = pd.read_csv(tmp_path / "out" / "layers.csv")
+    kept = (layers.dense_macs * (1 - layers.sparsity)).sum() / layers.dense_macs.sum()
+    assert metrics["flops_kept"] == pytest.approx(kept)
+    assert 0.3 - 1e-3 <= metrics["flops_kept"] <= 0.3
+    assert metrics["target_flops_kept"] == 0.3 and metrics["target_sparsity"] is None
+    assert metrics["budget_type"] == "flops"
 
 
 def test_admm_with_iterative_schedule_is_refused(tiny_config):

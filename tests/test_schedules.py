@@ -7,10 +7,12 @@ import math
 
 import pandas as pd
 import pytest
+import torch
 from conftest import TINY, compose_config
 from test_faults import kill_when, results, start
 
 from rdprune.errors import UserError
+from rdprune.layers import find_prunable
 from rdprune.pipeline import run
 from rdprune.schedules import iterative_targets, schedule_targets
 
@@ -55,20 +57,50 @@ def test_iterative_rounds(tmp_path, method):
 def test_pruned_weights_stay_pruned_across_rounds(tmp_path):
     cfg = compose_config([*ITER, "method=ours", "rd.grid_points=11"], tmp_path)
     run(cfg)
-    import torch
-
     from rdprune.cache import load
 
     rounds = sorted((tmp_path / "cache" / "rounds").glob("*.pt"),
-                    key=lambda p: load(p)["row"]["round"])
+                    key=lambda p: load(p).row["round"])
     previous = None
     for path in rounds:
-        masks = load(path)["masks"]
+        masks = load(path).masks
         if previous is not None:
             for name, mask in masks.items():
                 assert not (mask & ~previous[name]).any(), f"{name} un-pruned"
         previous = masks
     assert torch.is_tensor(previous["conv1"])
+
+
+def test_the_allocation_itself_never_unprunes():
+    """The DP respects `allowed` on its own (the pipeline's AND with the old masks would hide a
+    solver that ignored it): a layer already pruned deep keeps at least its pruned count."""
+    import numpy as np
+
+    from rdprune.masks import num_pruned
+    from rdprune.methods import Problem, RateDistortion
+    from rdprune.models import resnet32
+
+    torch.manual_seed(0)
+    model = resnet32(num_classes=10).eval()
+    calib = torch.randn(8, 3, 8, 8)
+    layers = find_prunable(model, calib[:1])
+    # the classifier and one conv "already lost" far more than an unconstrained DP gives them
+    # (the weights stay dense, so only the constraint can keep the DP from choosing less)
+    pruned = [0] * len(layers)
+    for i, s in ((len(layers) - 1, 0.95), (5, 0.9)):
+        pruned[i] = num_pruned(list(layers.values())[i].weight.numel(), s)
+    method = RateDistortion(grid_points=21)
+    problem = Problem(model=model, layers=layers, target=0.3, budget="params", pruned=pruned,
+                      macs={k: 1 for k in layers}, calibration=calib, progress=False)
+    out = method.allocate(problem)
+    counts = [num_pruned(m.weight.numel(), s) for m, s in zip(layers.values(), out.values())]
+    assert all(c >= p for c, p in zip(counts, pruned)), (counts, pruned)
+    # and the constraint binds: without it the DP prunes less there
+    free = method.allocate(Problem(model=model, layers=layers, target=0.3, budget="params",
+                                   pruned=[0] * len(layers), macs={k: 1 for k in layers},
+                                   calibration=calib, progress=False))
+    free_counts = [num_pruned(m.weight.numel(), s) for m, s in zip(layers.values(), free.values())]
+    assert np.any(np.array(free_counts) < np.array(pruned))
 
 
 @pytest.mark.slow

@@ -43,6 +43,7 @@ from rdprune.flops import flops_kept, layer_macs
 from rdprune.layers import find_prunable, unprunable_weights
 from rdprune.masks import check_masks, layer_sparsities, sparsity_of
 from rdprune.outputs import layer_rows, mark_failed, summary_table, write_outputs
+from rdprune.protocol import describe
 from rdprune.schedules import schedule_targets
 from rdprune.train import evaluate, fit, lr_schedule, predict
 
@@ -404,6 +405,7 @@ def summary_metrics(run: Run, dense: dict[str, Any], rounds: list[Round],
         "unprunable_weights": sum(unprunable_weights(run.model, run.layers).values()),
         "dense_source": dense["source"],
         "precision": str(cfg.precision),
+        "protocol": describe(cfg),
         "rounds": rows,
         "seconds": {
             "dense": dense["seconds"],
