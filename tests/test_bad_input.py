@@ -72,12 +72,22 @@ CASES = {
     "dense.checkpoint=/etc/passwd": "not a PyTorch state_dict",
     "model=vgg16 dataset.image_size=16": "vgg16 needs inputs of at least 32x32, got 16x16.*"
                                          "set dataset.image_size=32",
+    "model=generic model.name=vit_tiny_patch16_224": "vit_tiny_patch16_224 needs inputs of e.g. "
+                                                     "224x224, got 8x8.*AssertionError.*"
+                                                     r"\+model.kwargs.img_size=8",
 }
 
 
 @pytest.mark.parametrize("override", list(CASES))
 def test_bad_input_on_a_warm_cache(warm, tripwire, override):
     fails(warm, *override.split(), match=CASES[override])
+
+
+def test_a_timm_vit_sized_to_the_data_sets_up(tmp_path):
+    cfg = compose_config(["model=generic", "model.name=vit_tiny_patch16_224",
+                          "+model.kwargs.img_size=32", "+model.kwargs.patch_size=8"], tmp_path)
+    run = pipeline.setup(cfg)
+    assert len(run.layers) == 1 + 12 * 4 + 1  # patch embedding, 4 Linear per block, head
 
 
 def test_random_bytes_checkpoint(warm, tripwire):

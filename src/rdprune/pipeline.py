@@ -191,7 +191,8 @@ def setup(cfg: DictConfig) -> Run:
         layers = find_prunable(model, example)
     except Exception as e:  # noqa: BLE001 - the model's own error, turned into one line
         raise validation.input_size_error(cfg.model_name, model, tuple(example.shape[1:]), e,
-                                          cfg.dataset.name in RESIZABLE) from None
+                                          cfg.dataset.name in RESIZABLE,
+                                          sizable="kwargs" in cfg.model) from None
     if not layers:
         raise UserError(f"{type(model).__name__} has no Conv2d or Linear layer to prune")
     outside = sum(unprunable_weights(model, layers).values())

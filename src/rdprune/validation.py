@@ -204,9 +204,14 @@ def _runs(model: nn.Module, shape: tuple[int, ...]) -> bool:
 
 
 def input_size_error(
-    name: str, model: nn.Module, shape: tuple[int, ...], error: BaseException, resizable: bool
+    name: str, model: nn.Module, shape: tuple[int, ...], error: BaseException, resizable: bool,
+    sizable: bool = False,
 ) -> UserError:
-    """The one-line error for a model that rejects inputs of ``shape`` (C, H, W)."""
+    """The one-line error for a model that rejects inputs of ``shape`` (C, H, W).
+
+    ``resizable``: the dataset can resize its images (``dataset.image_size``); ``sizable``: the
+    model takes size options (``model.kwargs``, e.g. a timm ViT's ``img_size``).
+    """
     was_training = model.training
     model.eval()
     try:
@@ -219,11 +224,13 @@ def input_size_error(
         return UserError(f"model {name} does not run on {got} inputs ({why}), nor on any square "
                          f"size from {PROBE_SIZES[0]} to {PROBE_SIZES[-1]}")
     smallest = sizes[0]
+    size_it = f"+model.kwargs.img_size={shape[1]}" if sizable else ""
     if resizable:
-        fix = f"set dataset.image_size={smallest}"
+        fix = f"set dataset.image_size={smallest}" + (f", or {size_it}" if sizable else "")
+    elif sizable:
+        fix = f"size the model to this dataset's images: {size_it}"
     else:
-        fix = ("this dataset's images are not resized: pick a model that takes them, or pass "
-               "its size options (model.kwargs.img_size=..., model=generic)")
+        fix = "this dataset's images are not resized: pick a model that takes them"
     # "at least" only when every probed size from there on runs (a ViT runs at one size only)
     needs = "at least" if sizes == [s for s in PROBE_SIZES if s >= smallest] else "e.g."
     return UserError(f"model {name} needs inputs of {needs} {smallest}x{smallest}, got {got} "
