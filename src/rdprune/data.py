@@ -4,9 +4,15 @@ Each factory returns :class:`Splits`: a training split with training augmentatio
 with *evaluation* transforms (the calibration set is drawn from it: no augmentation noise in the
 curves), a test split, and loader settings. Factories are built by Hydra from ``conf/dataset/``.
 
-Training batches are a pure function of ``(seed, step)``: the epoch permutation is seeded by
-``(seed, epoch)`` and each sample's augmentation by ``(seed, step, position)``, so an interrupted
-run resumed at step ``t`` sees exactly the batches an uninterrupted run would.
+Training batches are a pure function of ``(seed, step)``, so an interrupted run resumed at step
+``t`` sees exactly the batches an uninterrupted run would (see :mod:`rdprune.batches`). Datasets
+that fit in memory (digits, synthetic, CIFAR) also hold their training split as one tensor
+(``Splits.train_memory``), and training batches are then built by batched tensor ops; file
+datasets (ImageNet) go through a DataLoader with per-sample transforms.
+
+The module is ~400 lines because the factories are Hydra targets (``rdprune.data.<name>``) and
+share :class:`Splits` and its normalisation constants; how batches are built is in
+:mod:`rdprune.batches`.
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from rdprune.batches import Batch, ImageBatches, mix, per_sample_batches
 from rdprune.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,8 @@ class Splits:
         calib_size: number of calibration images (evenly strided over ``train_eval``).
         num_workers: DataLoader worker processes.
         eval_batch_size: batch size for evaluation and calibration forwards.
+        train_memory: ``train`` held in memory as one tensor with the same augmentation, which
+            then builds the training batches; None: ``train`` through a DataLoader.
     """
 
     name: str
@@ -56,6 +65,7 @@ class Splits:
     calib_size: int
     num_workers: int = 0
     eval_batch_size: int = 256
+    train_memory: ImageBatches | None = None
     _calibration: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def calibration_indices(self, size: int | None = None) -> list[int]:
@@ -90,91 +100,31 @@ class Splits:
         )
 
     def train_batches(
-        self, batch_size: int, seed: int, start: int, stop: int, rank: int = 0, world: int = 1
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self, batch_size: int, seed: int, start: int, stop: int, rank: int = 0, world: int = 1,
+        device: torch.device | str | None = None,
+    ) -> Iterator[Batch]:
         """Training batches for steps ``start .. stop-1`` (deterministic given ``seed``).
 
         With ``world`` data-parallel processes, process ``rank`` gets its contiguous equal share
-        of every batch (and loads only those samples).
+        of every batch (and builds only those samples). With ``train_memory``, batches are built
+        on ``device`` (the split is copied there once; None: the CPU), otherwise loaded on the
+        CPU by ``num_workers`` DataLoader workers.
         """
         if len(self.train) < batch_size:
             raise UserError(
                 f"batch size {batch_size} exceeds the training split ({len(self.train)} samples)"
             )
-        sampler = StepBatchSampler(len(self.train), batch_size, seed, start, stop)
-        loader = DataLoader(
-            SeededItems(self.train),
-            batch_sampler=sampler if world == 1 else RankShare(sampler, rank, world),
-            num_workers=self.num_workers,
-            persistent_workers=False,
-        )
-        yield from loader
-
-
-def _mix(*ints: int) -> int:
-    """A 63-bit seed mixing several integers (SplitMix-style), stable across runs."""
-    x = 0x9E3779B97F4A7C15
-    for i in ints:
-        x = (x ^ (int(i) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 31
-    return x & 0x7FFFFFFFFFFFFFFF
+        if self.train_memory is not None:
+            yield from self.train_memory.to(device).batches(
+                batch_size, seed, start, stop, rank, world)
+        else:
+            yield from per_sample_batches(self.train, batch_size, seed, start, stop, rank, world,
+                                          self.num_workers)
 
 
 def step_seed(seed: int, step: int) -> int:
     """Seed of the model's own randomness (dropout, ...) at a training step."""
-    return _mix(seed, step, 1)
-
-
-class StepBatchSampler(Sampler):
-    """Yields, for each step, the batch ``[(index, item_seed), ...]`` (drop-last epochs)."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int) -> None:
-        self.n, self.batch_size, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
-        self.per_epoch = n // batch_size
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        perm, epoch = None, -1
-        for step in range(self.start, self.stop):
-            e, b = divmod(step, self.per_epoch)
-            if e != epoch:
-                g = torch.Generator().manual_seed(_mix(self.seed, e, 0))
-                perm, epoch = torch.randperm(self.n, generator=g).tolist(), e
-            chunk = perm[b * self.batch_size : (b + 1) * self.batch_size]
-            yield [(i, _mix(self.seed, step, pos, 2)) for pos, i in enumerate(chunk)]
-
-
-class RankShare(Sampler):
-    """Rank ``rank``'s contiguous share of every batch of ``batches`` (``world`` equal shares)."""
-
-    def __init__(self, batches: Sampler, rank: int, world: int) -> None:
-        self.batches, self.rank, self.world = batches, rank, world
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self) -> Iterator[list]:
-        for batch in self.batches:
-            share = len(batch) // self.world
-            yield batch[self.rank * share : (self.rank + 1) * share]
-
-
-class SeededItems(Dataset):
-    """Wraps a dataset: item ``(index, seed)`` applies its random transform under ``seed``."""
-
-    def __init__(self, base: Dataset) -> None:
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, item: tuple[int, int]):
-        index, seed = item
-        # the CPU generator only: torch.manual_seed also seeds CUDA, ~100x slower per sample
-        torch.random.default_generator.manual_seed(seed)
-        return self.base[index]
+    return mix(seed, step, 1)
 
 
 class TensorImages(Dataset):
@@ -260,6 +210,7 @@ def digits(
         calib_size=calib_size,
         num_workers=num_workers,
         eval_batch_size=eval_batch_size,
+        train_memory=ImageBatches(xt, yt, pad=pad if augment else 0),
     )
 
 
@@ -303,6 +254,7 @@ def synthetic(
         calib_size=calib_size,
         num_workers=num_workers,
         eval_batch_size=eval_batch_size,
+        train_memory=ImageBatches(xt, yt),
     )
 
 
@@ -330,12 +282,6 @@ def cifar(
             f"{name} not found at {folder}: set dataset.download=true to fetch it, or point "
             "RDPRUNE_DATA_DIR (paths.data_dir) at a directory that holds it"
         )
-    normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                 v2.Normalize(CIFAR_MEAN[name], CIFAR_STD[name])]
-    eval_tf = v2.Compose(normalize)
-    train_tf = v2.Compose(
-        ([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()] if augment else []) + normalize
-    )
     try:
         train_raw = cls(str(root_path), train=True, download=download)
         test_raw = cls(str(root_path), train=False, download=download)
@@ -344,6 +290,46 @@ def cifar(
             f"could not load {name} from {root_path} ({type(e).__name__}: {e}); download it on a "
             "machine with internet into that directory, or fix RDPRUNE_DATA_DIR"
         ) from e
+    return cifar_splits(name, train_raw, test_raw, num_classes=num_classes, calib_size=calib_size,
+                        augment=augment, num_workers=num_workers, eval_batch_size=eval_batch_size)
+
+
+def cifar_splits(
+    name: str,
+    train_raw: Dataset,
+    test_raw: Dataset,
+    *,
+    num_classes: int,
+    calib_size: int,
+    augment: bool,
+    num_workers: int,
+    eval_batch_size: int,
+) -> Splits:
+    """:class:`Splits` of loaded torchvision CIFAR datasets (what :func:`cifar` returns).
+
+    The training images are also held as one uint8 tensor (``train_raw.data``, 50,000 x 3 x 32
+    x 32: 150 MB), from which training batches are built with the same augmentation.
+
+    Args:
+        name: "cifar10" or "cifar100" (selects the normalisation).
+        train_raw: the training split: ``(PIL image, label)`` items, ``.data`` (uint8 ``[N, 32,
+            32, 3]``) and ``.targets``, as torchvision's CIFAR10/CIFAR100.
+        test_raw: the test split, likewise.
+        num_classes: number of classes.
+        calib_size: number of calibration images.
+        augment: random crop 32 with padding 4 + horizontal flip for training.
+        num_workers: DataLoader workers (evaluation, calibration).
+        eval_batch_size: batch size of evaluation forwards.
+    """
+    mean, std = CIFAR_MEAN[name], CIFAR_STD[name]
+    normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    eval_tf = v2.Compose(normalize)
+    train_tf = v2.Compose(
+        ([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()] if augment else []) + normalize
+    )
+    images = torch.from_numpy(np.asarray(train_raw.data)).permute(0, 3, 1, 2)
+    memory = ImageBatches(images, torch.as_tensor(train_raw.targets), pad=4 if augment else 0,
+                          flip=augment, mean=mean, std=std)
     return Splits(
         name=name,
         train=TransformedDataset(train_raw, train_tf),
@@ -354,6 +340,7 @@ def cifar(
         calib_size=calib_size,
         num_workers=num_workers,
         eval_batch_size=eval_batch_size,
+        train_memory=memory,
     )
 
 
