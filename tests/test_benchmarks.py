@@ -1,4 +1,5 @@
-"""The profiling benchmark scripts run end to end at toy sizes and write their reports.
+"""The benchmark scripts (profiling, training batches, JPEG decoding) run end to end at toy
+sizes and write their reports.
 
 They are timed by hand, not here (speed claims live in results/); this only keeps them from rotting.
 """
@@ -40,3 +41,21 @@ def test_bench_profiling_resnet50_toy(tmp_path):
     assert res["naive_rel_diff"] < 1e-4  # fast float32 vs naive on the layer timed both ways
     text = out.read_text()
     assert "54 prunable layers" in text and "not checked by this run" in text
+
+
+def test_bench_batches_smoke(tmp_path):
+    out = tmp_path / "batches.txt"
+    res = script("bench_batches").main(["--smoke", "--out", str(out)])
+    assert min(res["per_sample"], res["memory"], res["resnet32"]) > 0
+    text = out.read_text()
+    assert text.startswith("$ python experiments/bench_batches.py --smoke")
+    assert "in-memory / per-sample:" in text and "smoke run" in text
+
+
+def test_bench_decode_smoke(tmp_path):
+    out = tmp_path / "decode.txt"
+    res = script("bench_decode").main(["--smoke", "--out", str(out)])
+    assert min(res["decode"], res["decode_resize"], res["official"]) > 0
+    assert res["workers"] >= 1
+    text = out.read_text()
+    assert "ASSUMED GPU training rate 3000 img/s" in text and "smoke run" in text
