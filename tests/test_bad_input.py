@@ -210,7 +210,8 @@ def test_a_read_only_shared_cache_serves_every_result(tmp_path):
     metrics = json.loads((reader / "run" / "metrics.json").read_text())
     assert metrics["top1"] == owner_metrics["top1"]
     assert sorted(p for p in (shared / "cache").rglob("*") if p.is_file()) == sorted(files)
-    mine, theirs = torch.load(reader / "run" / "model.pt"), torch.load(shared / "owner" / "model.pt")
+    mine = torch.load(reader / "run" / "model.pt")
+    theirs = torch.load(shared / "owner" / "model.pt")
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 

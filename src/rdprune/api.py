@@ -100,7 +100,8 @@ def check_target(layers: Mapping[str, nn.Module], sparsity: float) -> None:
     """A sparsity target must be in [0, 1) and keep at least one weight."""
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or \
             not 0.0 <= sparsity < 1.0:
-        raise UserError(f"sparsity must be in [0, 1) (fraction of weights removed), got {sparsity!r}")
+        raise UserError("sparsity must be in [0, 1) (fraction of weights removed), got "
+                        f"{sparsity!r}")
     total = sum(m.weight.numel() for m in layers.values())
     if num_pruned(total, sparsity) >= total:
         largest = 1.0 - 1.0 / total

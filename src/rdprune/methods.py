@@ -86,7 +86,9 @@ class Allocation(dict):
 BUDGETS = ("params", "flops")
 
 
-def _cached(cache_dir: Path | None, stage: str, key: str, compute: Callable[[], T]) -> tuple[T, bool]:
+def _cached(
+    cache_dir: Path | None, stage: str, key: str, compute: Callable[[], T]
+) -> tuple[T, bool]:
     """:func:`rdprune.cache.cached` under ``cache_dir/stage``, or just ``compute()`` without one."""
     if cache_dir is None:
         return compute(), False
@@ -238,7 +240,8 @@ def rate_distortion(
     known = set(inspect.signature(RateDistortion).parameters) - {"name", "calibration"}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise UserError(f"unknown rd option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise UserError(f"unknown rd option(s) {', '.join(unknown)}; known: "
+                        f"{', '.join(sorted(known))}")
     return RateDistortion(name=name, calibration=calibration, **options)
 
 
@@ -257,7 +260,8 @@ class Fixed:
     def check(self, layers: dict[str, nn.Module], target: float, budget: str = "params") -> None:
         """The list must fit the model, and its overall sparsity must be the run's target."""
         if budget != "params":
-            raise UserError("method fixed gives per-layer sparsities; use sparsity=, not flops_kept=")
+            raise UserError("method fixed gives per-layer sparsities: set sparsity=, not "
+                            "flops_kept=")
         if len(self.sparsities) != len(layers):
             raise UserError(f"method.sparsities has {len(self.sparsities)} entries but the model "
                             f"has {len(layers)} prunable layers")

@@ -1,4 +1,4 @@
-"""What a run leaves behind: the files of its output directory and the table it prints.
+"""What a run leaves behind: its metrics, the files of its output directory, the table it prints.
 
 ``metrics.json`` is written last, so its presence means the run finished; a run that fails leaves
 a one-line ``FAILED`` marker instead. Text files are replaced atomically (temporary file + rename).
@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from rdprune import cache
-from rdprune.masks import kept_count
+from rdprune.layers import unprunable_weights
+from rdprune.masks import kept_count, sparsity_of
+from rdprune.protocol import describe
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -97,6 +100,72 @@ def write_outputs(
                  layers=np.array([r["name"] for r in layers]),
                  chosen=np.array([r["sparsity"] for r in layers]))
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+
+def summary_metrics(
+    cfg: DictConfig,
+    model: nn.Module,
+    layers: Mapping[str, nn.Module],
+    dense: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    masks: Mapping[str, torch.Tensor],
+    layer_table: Sequence[Mapping[str, Any]],
+    start: float,
+) -> dict[str, Any]:
+    """The run's ``metrics.json``: what was run, what it reached, how long each stage took.
+
+    Args:
+        cfg: the run's config.
+        model: the final model.
+        layers: its prunable layers.
+        dense: the dense stage's result (``source``, ``seconds``, ``top1``).
+        rows: one row per pruning round (the last one is the result).
+        masks: the final masks.
+        layer_table: :func:`layer_rows` of the final masks.
+        start: ``time.perf_counter()`` at the start of the run.
+    """
+    last = rows[-1]
+    flops_target = cfg.get("flops_kept") is not None
+    metrics = {
+        "model": cfg.model_name,
+        "dataset": cfg.dataset.name,
+        "method": cfg.method.name,
+        "schedule": cfg.schedule.name,
+        "finetune": cfg.finetune.name,
+        "experiment": cfg.name,
+        "seed": cfg.seed,
+        "target_sparsity": None if flops_target else float(cfg.sparsity),
+        "target_flops_kept": float(cfg.flops_kept) if flops_target else None,
+        "achieved_sparsity": sparsity_of(masks),
+        "flops_kept": last["flops_kept"],
+        "dense_top1": dense["top1"],
+        "pruned_top1": last["pruned_top1"],
+        "top1": last["top1"],
+        "joint_distortion_mean": last["joint_distortion_mean"],
+        "joint_distortion_worst": last["joint_distortion_worst"],
+        "num_layers": len(layers),
+        "num_weights": sum(r["weights"] for r in layer_table),
+        "kept_weights": sum(r["kept"] for r in layer_table),
+        "unprunable_weights": sum(unprunable_weights(model, dict(layers)).values()),
+        "dense_source": dense["source"],
+        "precision": str(cfg.precision),
+        "protocol": describe(cfg),
+        "rounds": [dict(r) for r in rows],
+        "seconds": {
+            "dense": dense["seconds"],
+            "allocate": sum(r["allocate_seconds"] for r in rows),
+            "admm": sum(r["admm_seconds"] for r in rows),
+            "finetune": sum(r["finetune_seconds"] for r in rows),
+        },
+    }
+    for key in ("predicted_distortion", "profile_seconds", "solve_seconds", "budget_type"):
+        if key in last:
+            metrics[key] = last[key]
+    if "profile_seconds" in last:
+        metrics["seconds"]["profile"] = sum(r["profile_seconds"] for r in rows)
+        metrics["seconds"]["solve"] = sum(r["solve_seconds"] for r in rows)
+    metrics["wall_seconds"] = time.perf_counter() - start
+    return metrics
 
 
 def summary_table(metrics: Mapping[str, Any]) -> str:

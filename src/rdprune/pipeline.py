@@ -14,6 +14,9 @@
 Dense training, evaluation and every round are cached under ``paths.cache_dir`` by a digest of
 what they depend on (see :mod:`rdprune.cache`), so a sweep trains each dense model once and a
 killed or requeued job resumes; training stages also checkpoint every ``checkpoint_every`` steps.
+The stages stay in this one module, in the order they run (a little over 300 lines), so that the
+whole pipeline reads top to bottom; what the config means is in :mod:`rdprune.config`, the
+checks in :mod:`rdprune.validation`, the files in :mod:`rdprune.outputs`.
 """
 
 from __future__ import annotations
@@ -27,104 +30,44 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 import rdprune
 from rdprune import cache, validation
 from rdprune.admm import admm_phase
 from rdprune.api import allocate, check_target, prune
+from rdprune.config import (
+    budget_of,
+    build,
+    container,
+    data_identity,
+    finetunes,
+    schedule_factory,
+    targets,
+    trains_dense,
+    training,
+)
 from rdprune.data import Splits
 from rdprune.distortion import joint
 from rdprune.errors import UserError
 from rdprune.flops import flops_kept, layer_macs
 from rdprune.layers import find_prunable, unprunable_weights
 from rdprune.masks import check_masks, layer_sparsities, sparsity_of
-from rdprune.outputs import layer_rows, mark_failed, summary_table, write_outputs
-from rdprune.protocol import describe
-from rdprune.schedules import schedule_targets
-from rdprune.train import evaluate, fit, lr_schedule, predict
+from rdprune.outputs import (
+    layer_rows,
+    mark_failed,
+    summary_metrics,
+    summary_table,
+    write_outputs,
+)
+from rdprune.train import evaluate, fit, predict
 
 log = logging.getLogger(__name__)
 
-#: dataset keys that do not change the images or labels (left out of cache keys; the calibration
-#: set enters the round keys through ``calib_size`` and the RD-curve keys through its tensor)
-LOADER_KEYS = ("num_workers", "eval_batch_size", "root", "download", "calib_size")
 #: datasets whose images are resized to ``dataset.image_size`` (a model may ask for another size)
 RESIZABLE = ("digits", "synthetic", "imagenet")
-
-
-# --------------------------------------------------------------------------------------------
-# what the config asks for
-
-
-def _container(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def budget_of(cfg: DictConfig) -> str:
-    """What the target counts: "params" (``sparsity``) or "flops" (``flops_kept``)."""
-    return "params" if cfg.get("flops_kept") is None else "flops"
-
-
-def targets(cfg: DictConfig) -> list[float]:
-    """Per-round targets: fraction of the weights (or of the dense MACs) removed after each round."""
-    goal = cfg.sparsity if budget_of(cfg) == "params" else 1.0 - float(cfg.flops_kept)
-    return schedule_targets(
-        {"name": cfg.schedule.name, "amount": cfg.recipe.prune_amount,
-         "rounds": cfg.recipe.rounds}, goal)
-
-
-def data_identity(cfg: DictConfig) -> dict[str, Any]:
-    """The dataset config without loader-only keys: what the data itself depends on."""
-    return {k: v for k, v in _container(cfg.dataset).items() if k not in LOADER_KEYS}
-
-
-def training(cfg: DictConfig, stage: str) -> dict[str, Any]:
-    """Everything a training stage's result depends on besides the model and data (cache keys).
-
-    ``stage`` is "dense" or "finetune"; steps, batch size and schedule come from ``recipe``.
-    """
-    r = cfg.recipe
-    node = cfg.dense if stage == "dense" else cfg.finetune
-    spec = {
-        "optimizer": _container(node.get("optimizer")),
-        "steps": r.dense_steps if stage == "dense" else r.finetune_steps,
-        "schedule": r.dense_schedule if stage == "dense" else r.finetune_schedule,
-        "batch_size": r.batch_size, "precision": str(cfg.precision), "devices": cfg.devices,
-    }
-    if stage == "finetune":
-        spec["finetune"] = cfg.finetune.name
-        spec["admm"] = _container(cfg.finetune.get("admm"))
-    return spec
-
-
-def schedule_factory(cfg: DictConfig, stage: str) -> Any:
-    """``optimizer -> LR scheduler`` of a training stage (picklable, for DDP workers)."""
-    spec = training(cfg, stage)
-    return functools.partial(lr_schedule, kind=spec["schedule"], steps=spec["steps"])
-
-
-def trains_dense(cfg: DictConfig) -> bool:
-    """Whether the dense model is trained here (no checkpoint, no pretrained weights)."""
-    return not (cfg.dense.checkpoint or cfg.model.get("weights")) and cfg.recipe.dense_steps > 0
-
-
-def finetunes(cfg: DictConfig) -> bool:
-    """Whether each round fine-tunes (``finetune=none`` or 0 steps: no)."""
-    return cfg.finetune.name != "none" and cfg.recipe.finetune_steps > 0
-
-
-def build(node: DictConfig) -> Any:
-    """``hydra.utils.instantiate``, but a UserError raised by the target surfaces as itself."""
-    try:
-        return instantiate(node)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, UserError):
-            raise e.__cause__ from None
-        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,7 +166,7 @@ def dense_stage(run: Run) -> dict[str, Any]:
     elif cfg.recipe.dense_steps == 0:
         source, seconds = "random init", 0.0
     else:
-        key = cache.digest("dense", rdprune.__version__, _container(cfg.model),
+        key = cache.digest("dense", rdprune.__version__, container(cfg.model),
                            data_identity(cfg), training(cfg, "dense"), cfg.seed)
         path = run.cache_dir / "dense" / f"{key}.pt"
 
@@ -354,7 +297,7 @@ def rounds_stage(run: Run) -> tuple[list[Round], dict[str, torch.Tensor]]:
     for index, target in enumerate(targets(cfg), start=1):
         key = cache.digest(
             "round", rdprune.__version__, cache.state_digest(run.model), masks,
-            _container(cfg.method), target, budget_of(cfg), training(cfg, "finetune"),
+            container(cfg.method), target, budget_of(cfg), training(cfg, "finetune"),
             data_identity(cfg), cfg.dataset.calib_size, cfg.seed, index,
         )
         compute = functools.partial(prune_round, run, index, target, masks)
@@ -375,54 +318,6 @@ def rounds_stage(run: Run) -> tuple[list[Round], dict[str, torch.Tensor]]:
 
 # --------------------------------------------------------------------------------------------
 # entry point
-
-
-def summary_metrics(run: Run, dense: dict[str, Any], rounds: list[Round],
-                    masks: dict[str, torch.Tensor], layers: list[dict[str, Any]],
-                    wall: float) -> dict[str, Any]:
-    """The run's ``metrics.json``: what was run, what it reached, and how long each stage took."""
-    cfg, last = run.cfg, rounds[-1].row
-    rows = [r.row for r in rounds]
-    metrics = {
-        "model": cfg.model_name,
-        "dataset": cfg.dataset.name,
-        "method": cfg.method.name,
-        "schedule": cfg.schedule.name,
-        "finetune": cfg.finetune.name,
-        "experiment": cfg.name,
-        "seed": cfg.seed,
-        "target_sparsity": float(cfg.sparsity) if budget_of(cfg) == "params" else None,
-        "target_flops_kept": None if budget_of(cfg) == "params" else float(cfg.flops_kept),
-        "achieved_sparsity": sparsity_of(masks),
-        "flops_kept": last["flops_kept"],
-        "dense_top1": dense["top1"],
-        "pruned_top1": last["pruned_top1"],
-        "top1": last["top1"],
-        "joint_distortion_mean": last["joint_distortion_mean"],
-        "joint_distortion_worst": last["joint_distortion_worst"],
-        "num_layers": len(run.layers),
-        "num_weights": sum(r["weights"] for r in layers),
-        "kept_weights": sum(r["kept"] for r in layers),
-        "unprunable_weights": sum(unprunable_weights(run.model, run.layers).values()),
-        "dense_source": dense["source"],
-        "precision": str(cfg.precision),
-        "protocol": describe(cfg),
-        "rounds": rows,
-        "seconds": {
-            "dense": dense["seconds"],
-            "allocate": sum(r["allocate_seconds"] for r in rows),
-            "admm": sum(r["admm_seconds"] for r in rows),
-            "finetune": sum(r["finetune_seconds"] for r in rows),
-        },
-    }
-    for key in ("predicted_distortion", "profile_seconds", "solve_seconds", "budget_type"):
-        if key in last:
-            metrics[key] = last[key]
-    if "profile_seconds" in last:
-        metrics["seconds"]["profile"] = sum(r["profile_seconds"] for r in rows)
-        metrics["seconds"]["solve"] = sum(r["solve_seconds"] for r in rows)
-    metrics["wall_seconds"] = time.perf_counter() - wall
-    return metrics
 
 
 def _output_dir(cfg: DictConfig) -> Path | None:
@@ -456,7 +351,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         dense = dense_stage(run)
         rounds, masks = rounds_stage(run)
         rows = layer_rows(run.layers, masks, run.macs)
-        metrics = summary_metrics(run, dense, rounds, masks, rows, wall)
+        metrics = summary_metrics(cfg, run.model, run.layers, dense, [r.row for r in rounds],
+                                  masks, rows, wall)
         last = rounds[-1]
         write_outputs(run.out_dir, cfg, metrics, [r.row for r in rounds], rows, masks,
                       run.model, admm_rows=last.admm,

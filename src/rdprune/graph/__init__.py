@@ -10,7 +10,7 @@ and which per group of pruned variants (:mod:`~rdprune.graph.plan`), and runs th
 """
 
 from rdprune.graph.errors import Untraceable
-from rdprune.graph.execute import Ctx
+from rdprune.graph.execute import Placement
 from rdprune.graph.traced import TracedModel
 
-__all__ = ["Ctx", "TracedModel", "Untraceable"]
+__all__ = ["Placement", "TracedModel", "Untraceable"]

@@ -25,7 +25,7 @@ Lookup = Callable[[fx.Node], object]  # a node's value during one pass
 
 
 @dataclass(frozen=True)
-class Ctx:
+class Placement:
     """Where and how forwards run."""
 
     device: torch.device
@@ -106,7 +106,7 @@ class Executor:
         self.kinds = inplace_kinds(nodes, bindings)
 
     def run(
-        self, seq: Iterable[fx.Node], free: FreeLists, value: Lookup, ctx: Ctx,
+        self, seq: Iterable[fx.Node], free: FreeLists, value: Lookup, ctx: Placement,
         sources: dict[fx.Node, Callable[[Lookup], object]] | None = None,
     ) -> dict[fx.Node, object]:
         """Run ``seq``; inputs not computed in this pass come from ``value``.
@@ -129,7 +129,7 @@ class Executor:
         return env
 
     def apply_weighted(
-        self, site: Weighted, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, ctx: Ctx
+        self, site: Weighted, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, ctx: Placement
     ) -> torch.Tensor:
         """The plain conv / linear of ``site`` with weight ``w`` and bias ``b``."""
         mod = site.module
@@ -141,7 +141,7 @@ class Executor:
             return F.conv2d(x, w, b, mod.stride, 0, mod.dilation, mod.groups)
         return F.conv2d(x, w, b, mod.stride, mod.padding, mod.dilation, mod.groups)
 
-    def _run_node(self, node: fx.Node, value: Lookup, ctx: Ctx, env: dict) -> object:
+    def _run_node(self, node: fx.Node, value: Lookup, ctx: Placement, env: dict) -> object:
         """Evaluate one node; ``env`` holds this pass's values (their buffers may be reused)."""
         op = node.op
         if op == "placeholder":
@@ -191,7 +191,7 @@ class Executor:
 
 
 def stacked_source(
-    executor: Executor, node: fx.Node, weights: list[torch.Tensor], b: int, ctx: Ctx
+    executor: Executor, node: fx.Node, weights: list[torch.Tensor], b: int, ctx: Placement
 ) -> Callable[[Lookup], torch.Tensor]:
     """How a pruned layer's call site computes its ``k = len(weights)`` variants.
 
@@ -214,7 +214,7 @@ def stacked_source(
 
 def _stacked(
     executor: Executor, site: Weighted, x: torch.Tensor, weights: list[torch.Tensor], b: int,
-    ctx: Ctx,
+    ctx: Placement,
 ) -> torch.Tensor:
     k, bias = len(weights), site.bias
     if k == 1:

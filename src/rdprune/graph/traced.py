@@ -9,7 +9,7 @@ from torch import fx, nn
 
 from rdprune.graph.bind import bind, channels_last_weights, fold_batchnorm, get_attr
 from rdprune.graph.errors import Untraceable
-from rdprune.graph.execute import Ctx, Executor, stacked_source
+from rdprune.graph.execute import Placement, Executor, stacked_source
 from rdprune.graph.plan import Plan, closure, full_plan, layer_plan, shape_reads
 from rdprune.graph.trace import trace
 
@@ -59,7 +59,7 @@ class TracedModel:
         #: where samples of different variants would mix)
         self.grid_batchable = not bindings.batch_stats
 
-    def reference(self, x: torch.Tensor, ctx: Ctx) -> torch.Tensor:
+    def reference(self, x: torch.Tensor, ctx: Placement) -> torch.Tensor:
         """The unpruned output on the batch ``x``."""
         env = self._executor.run(self._full.downstream, self._full.down_free, self._feed(x), ctx)
         return env[self._output]
@@ -73,7 +73,7 @@ class TracedModel:
         li: int,
         x: torch.Tensor,
         zeroed: Sequence[torch.Tensor],
-        ctx: Ctx,
+        ctx: Placement,
         *,
         group: int = 1,
         reuse: bool = True,
@@ -133,7 +133,7 @@ class TracedModel:
         boundary: dict[fx.Node, object],
         weights: dict[fx.Node, list[torch.Tensor]],
         b: int,
-        ctx: Ctx,
+        ctx: Placement,
     ) -> torch.Tensor:
         """The output for k variants, stacked ``[k * b, ...]`` (variant-major)."""
         k = len(next(iter(weights.values())))

@@ -11,7 +11,7 @@ from torch import nn
 
 from rdprune.distortion import check_reduction
 from rdprune.errors import UserError
-from rdprune.graph import Ctx
+from rdprune.graph import Placement
 from rdprune.layers import PRUNABLE_TYPES, find_prunable
 
 Layers = Mapping[str, nn.Module] | Sequence[str] | None
@@ -78,7 +78,7 @@ def check_output(y: object) -> None:
         )
 
 
-def chunks(inputs: torch.Tensor, size: int, ctx: Ctx) -> Iterator[torch.Tensor]:
+def chunks(inputs: torch.Tensor, size: int, ctx: Placement) -> Iterator[torch.Tensor]:
     """Consecutive batches of ``size`` inputs on ``ctx``'s device, in ``ctx``'s memory format."""
     for start in range(0, inputs.shape[0], size):
         yield ctx.fmt(inputs[start : start + size].to(ctx.device, non_blocking=True))

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from rdprune.distortion import Accumulator
-from rdprune.graph import Ctx, TracedModel, Untraceable
+from rdprune.graph import Placement, TracedModel, Untraceable
 from rdprune.layers import unwrap
 from rdprune.masks import kept_count, magnitude_order, num_pruned
 from rdprune.profiling.common import (
@@ -102,7 +102,7 @@ def rd_curves(
             grid_batch = 1 if device.type == "cpu" else 8
         grid_batch = max(1, int(grid_batch)) if traced.grid_batchable else 1
         chunk = max(1, int(batch_size) // grid_batch)
-        ctx = Ctx(device, autocast_dtype, channels_last)
+        ctx = Placement(device, autocast_dtype, channels_last)
         with torch.inference_mode():
             with ctx.autocast():
                 ys = [traced.reference(x, ctx) for x in chunks(inputs, chunk, ctx)]
@@ -135,7 +135,7 @@ def _nudge(x: torch.Tensor) -> torch.Tensor:
     return x * (1 + torch.finfo(x.dtype).eps * sign)
 
 
-def _trace_mismatch(traced: TracedModel, model: nn.Module, x: torch.Tensor, ctx: Ctx) -> str:
+def _trace_mismatch(traced: TracedModel, model: nn.Module, x: torch.Tensor, ctx: Placement) -> str:
     """Why the traced graph's unpruned output on ``x`` is not the model's (empty if it is).
 
     Guards against what tracing cannot see (e.g. an in-place update that other code reads later):
@@ -173,7 +173,7 @@ def _fast_layer_curve(
     chunk: int,
     grid_batch: int,
     reuse: bool,
-    ctx: Ctx,
+    ctx: Placement,
 ) -> tuple[np.ndarray, str]:
     """One row of curves, and why grid batching failed for it (empty if it did not).
 
@@ -214,7 +214,7 @@ def _accumulate(
     chunk: int,
     group: int,
     reuse: bool,
-    ctx: Ctx,
+    ctx: Placement,
 ) -> Accumulator:
     """Distortions of the variants ``zeroed`` of layer ``li``, ``group`` of them per forward."""
     acc = Accumulator(len(zeroed), ctx.device)

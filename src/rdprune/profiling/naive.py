@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from rdprune.distortion import Accumulator
-from rdprune.graph import Ctx
+from rdprune.graph import Placement
 from rdprune.layers import unwrap
 from rdprune.masks import magnitude_mask
 from rdprune.profiling.common import (
@@ -47,7 +47,7 @@ def rd_curves_naive(
     with preserve_modes(base):
         base.eval()
         names, mods = resolve_layers(base, inputs, layers)
-        ctx = Ctx(device_of(base, inputs), autocast_dtype, channels_last)
+        ctx = Placement(device_of(base, inputs), autocast_dtype, channels_last)
         with torch.inference_mode(), ctx.autocast():
             ys = [base(x) for x in chunks(inputs, batch_size, ctx)]
         check_output(ys[0])
