@@ -11,9 +11,10 @@ grid point, as the official code) on ``--naive-layers`` evenly spaced layers, sc
 the share of naive forwards those layers make. The bf16 curves must stay within 1% of float32:
 per layer, max_k |bf16 - fp32| / max_k |fp32|.
 
-Model: torchvision ResNet-50 at random init (``--pretrained`` loads the torchvision weights) with
-BN running statistics from a few train-mode passes; calibration: N(0, 1) inputs in normalised
-space (the same as ``method=ours_zerodata``), so no dataset is needed.
+Model: torchvision ResNet-50 at random init with BN running statistics from a few train-mode
+passes (``--weights IMAGENET1K_V1``: the paper's dense model, from the torch hub cache);
+calibration: N(0, 1) inputs in normalised space (the same as ``method=ours_zerodata``), so no
+dataset is needed. ``experiments/gpu_check.py`` runs the same steps through the functions below.
 """
 
 from __future__ import annotations
@@ -46,24 +47,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reduction", default="worst", choices=["mean", "worst"])
     p.add_argument("--batch-size", type=int, default=256, help="images per forward")
     p.add_argument("--naive-layers", type=int, default=6, help="layers timed naively (0: skip)")
-    p.add_argument("--pretrained", action="store_true", help="torchvision weights (needs them)")
+    p.add_argument("--weights", default=None,
+                   help="torchvision weights name, e.g. IMAGENET1K_V1 (default: random init)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None,
                    help="report file (default results/bench_profiling_resnet50_<device>.txt)")
     return p.parse_args(argv)
 
 
-def build_model(pretrained: bool, size: int, seed: int, device: torch.device) -> nn.Module:
-    """ResNet-50; at random init, BN running statistics come from train-mode passes."""
+def build_model(weights: str | None, size: int, seed: int, device: torch.device) -> nn.Module:
+    """ResNet-50 in eval mode; at random init, BN running statistics from train-mode passes.
+
+    Args:
+        weights: a torchvision weights name (``"IMAGENET1K_V1"``), or None: random init.
+        size: input side of the BN warm-up passes.
+        seed: seeds the initialisation and the warm-up inputs.
+        device: where the model lives.
+    """
     torch.manual_seed(seed)
-    model = torchvision_model("resnet50", pretrained=pretrained).to(device)
-    if pretrained:
+    model = torchvision_model("resnet50", weights=weights).to(device)
+    if weights:
         return model.eval()
     return warm_batchnorm(model, (gaussian_inputs(16, (3, size, size), seed + 100 + i,
                                                   device=device) for i in range(2)))
 
 
 def timed(device: torch.device, fn):
+    """``(fn(), seconds)``, synchronising a CUDA device before and after."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t = time.perf_counter()
@@ -71,6 +81,36 @@ def timed(device: torch.device, fn):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return out, time.perf_counter() - t
+
+
+def relative_diff(curves: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per layer: max over the grid of ``|curves - reference|`` / max of ``|reference|``."""
+    return (np.abs(curves - reference).max(axis=1)
+            / np.maximum(np.abs(reference).max(axis=1), 1e-300))
+
+
+def time_curves(model: nn.Module, x: torch.Tensor, names: list[str], grid: np.ndarray,
+                reduction: str, batch_size: int, dtype: torch.dtype | None = None):
+    """``(curves [layers, points], seconds)`` of ``rd_curves`` (its defaults) under ``dtype``
+    autocast (None: float32)."""
+    device = x.device
+    return timed(device, lambda: rd_curves(model, x, grid, reduction, layers=names,
+                                           batch_size=batch_size, progress=False,
+                                           autocast_dtype=dtype))
+
+
+def time_naive(model: nn.Module, x: torch.Tensor, names: list[str], count: int, grid: np.ndarray,
+               reduction: str, batch_size: int):
+    """The naive scheme on ``count`` evenly spaced layers of ``names``.
+
+    Returns:
+        ``(picked layer names, their curves, seconds, seconds scaled to all layers)``: every
+        naive (layer, point) costs one full forward, so time scales with the layer count.
+    """
+    picked = [names[i] for i in np.linspace(0, len(names) - 1, count).astype(int)]
+    curves, seconds = timed(x.device, lambda: rd_curves_naive(
+        model, x, grid, reduction, layers=picked, batch_size=batch_size, progress=False))
+    return picked, curves, seconds, seconds * len(names) / len(picked)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -84,16 +124,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(msg, flush=True)
         lines.append(msg)
 
-    model = build_model(args.pretrained, args.image_size, args.seed, device)
+    model = build_model(args.weights, args.image_size, args.seed, device)
     x = gaussian_inputs(args.n, (3, args.image_size, args.image_size), args.seed + 1,
                         device=device)
     names = list(find_prunable(model, x[:1]))
     grid = np.linspace(0.0, 1.0, args.grid_points)
-    common = dict(batch_size=args.batch_size, progress=False)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     say(f"# {' '.join(['python', *sys.argv])}")
     say(f"# torch {torch.__version__}, device {device} ({gpu}), threads {torch.get_num_threads()}")
-    say(f"# ResNet-50 ({'pretrained' if args.pretrained else 'random init'}), {len(names)} "
+    say(f"# ResNet-50 ({args.weights or 'random init'}), {len(names)} "
         f"prunable layers, {args.n} N(0, 1) images 3x{args.image_size}x{args.image_size}, grid "
         f"linspace(0, 1, {args.grid_points}), reduction {args.reduction}")
 
@@ -105,12 +144,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"{float((low - ref).abs().max() / ref.abs().max()):.2e}")
 
     # warm-up (cuDNN autotuning, tracing) on one layer, not timed
-    rd_curves(model, x, grid[:3], args.reduction, layers=names[:1], **common)
-    fp32, t32 = timed(device, lambda: rd_curves(model, x, grid, args.reduction, layers=names,
-                                                **common))
-    bf16, t16 = timed(device, lambda: rd_curves(model, x, grid, args.reduction, layers=names,
-                                                autocast_dtype=torch.bfloat16, **common))
-    rel = np.abs(bf16 - fp32).max(axis=1) / np.maximum(np.abs(fp32).max(axis=1), 1e-300)
+    time_curves(model, x, names[:1], grid[:3], args.reduction, args.batch_size)
+    fp32, t32 = time_curves(model, x, names, grid, args.reduction, args.batch_size)
+    bf16, t16 = time_curves(model, x, names, grid, args.reduction, args.batch_size,
+                            torch.bfloat16)
+    rel = relative_diff(bf16, fp32)
     worst = names[int(rel.argmax())]
     say("")
     say(f"rd_curves float32          {t32:8.1f} s")
@@ -119,14 +157,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     result = {"fp32_seconds": t32, "bf16_seconds": t16, "bf16_rel_diff": float(rel.max())}
 
     if args.naive_layers > 0:
-        picked = [names[i] for i in np.linspace(0, len(names) - 1, args.naive_layers).astype(int)]
-        naive, tn = timed(device, lambda: rd_curves_naive(model, x, grid, args.reduction,
-                                                          layers=picked, **common))
-        # every naive (layer, point) costs one full pass: scale by the layer count
-        est = tn * len(names) / len(picked)
-        idx = [names.index(n) for n in picked]
-        reln = (np.abs(fp32[idx] - naive).max(axis=1)
-                / np.maximum(np.abs(naive).max(axis=1), 1e-300)).max()
+        picked, naive, tn, est = time_naive(model, x, names, args.naive_layers, grid,
+                                            args.reduction, args.batch_size)
+        reln = relative_diff(fp32[[names.index(n) for n in picked]], naive).max()
         say(f"naive float32, {len(picked)} layers {tn:8.1f} s -> all {len(names)} layers "
             f"~{est:.1f} s; float32 fast vs naive on them: {est / t32:.2f}x, rel diff {reln:.1e}")
         result.update(naive_seconds_estimate=est, naive_rel_diff=float(reln))
