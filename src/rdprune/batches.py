@@ -14,7 +14,7 @@ Two builders, chosen by :meth:`rdprune.data.Splits.train_batches`:
 - :class:`ImageBatches` (datasets held in memory: digits, synthetic, CIFAR): the split is one
   tensor (uint8 for CIFAR, 150 MB), on the training device if asked; each step's batch is
   gathered, randomly cropped with zero padding, flipped and normalised by a few batched tensor
-  ops. No per-sample Python work: ~45x the per-sample path on one CPU core
+  ops. No per-sample Python work: ~36x the per-sample path on one CPU core
   (``results/bench_batches.txt``).
 - :func:`per_sample_batches` (file datasets: ImageNet): a DataLoader applies the dataset's
   per-sample transforms, each sample under its own generator seed ``(seed, step, position)``.
