@@ -26,7 +26,7 @@ LOADER_KEYS = ("num_workers", "eval_batch_size", "root", "download", "calib_size
 
 def container(node: Any) -> Any:
     """A config node as plain data (resolved), anything else as it is."""
-    return OmegaConf.tocontainer(node, resolve=True) if isinstance(node, DictConfig) else node
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 def budget_of(cfg: DictConfig) -> str:

@@ -43,16 +43,17 @@ def _number(name: str, value: Any, *, lo: float, hi: float, lo_open: bool = Fals
             hi_open: bool = False, integer: bool = False, what: str = "") -> None:
     """``value`` is a finite number (an integer if asked) in the interval, else a UserError."""
     kind = "an integer" if integer else "a number"
-    bounds = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
     if hi == math.inf:
-        bounds = f">= {lo:g}" if not lo_open else f"> {lo:g}"
+        bounds = f"{'>' if lo_open else '>='} {lo:g}"
+    else:
+        bounds = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
     ok_type = _is_int(value) if integer else (
         isinstance(value, numbers.Real) and not isinstance(value, bool))
     if not ok_type or not math.isfinite(float(value)):
         raise UserError(f"{name} must be {kind} {bounds}{what}, got {value!r}")
     v = float(value)
     if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
-        raise UserError(f"{name} must be in {bounds}{what}, got {value!r}")
+        raise UserError(f"{name} must be {bounds}{what}, got {value!r}")
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -165,7 +166,7 @@ def load_state(path: str) -> dict[str, torch.Tensor]:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - the unpickler fails in many ways on a non-checkpoint
         raise UserError(f"dense.checkpoint {p} is not a PyTorch state_dict file "
-                        f"({type(e).__name__}: {_first_line(e)})") from None
+                        f"({type(e).__name__}: {_first_line(e)[:80]})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
