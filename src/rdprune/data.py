@@ -75,7 +75,7 @@ class Splits:
         if not 0 < size <= n:
             raise UserError(
                 f"calibration size {size} must be between 1 and the training split size {n}: "
-                "set dataset.calib_size (or method.calib_size) accordingly"
+                "set dataset.calib_size accordingly"
             )
         return [i * n // size for i in range(size)]
 
