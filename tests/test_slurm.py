@@ -1,0 +1,191 @@
+"""The SLURM path: launcher config and job folder names everywhere; on a real scheduler (tests
+marked ``slurm``, skipped unless ``sinfo`` answers: ``tests/slurm/local_cluster.sh start``) a sweep
+as one job array, and a job that outlasts its time limit, is signalled, requeued and resumed to the
+metrics of an uninterrupted run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CONF, ROOT, TINY, compose_config
+from hydra import compose, initialize_config_dir
+from test_faults import results
+
+from rdprune.pipeline import run
+
+
+def _slurm_answers() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+needs_slurm = pytest.mark.skipif(
+    not _slurm_answers(),
+    reason="no SLURM cluster answers (sinfo); start one: tests/slurm/local_cluster.sh start",
+)
+#: what a job may ask of a small test node (the defaults are a GPU node's)
+SMALL_JOB = ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2"]
+
+
+def paths(tmp: Path) -> list[str]:
+    """Absolute-path overrides (kept out of job folder names by override_dirname)."""
+    return [f"paths.cache_dir={tmp / 'cache'}", f"paths.data_dir={tmp / 'data'}",
+            f"paths.log_dir={tmp / 'logs'}", f"hydra.sweep.dir={tmp / 'sweep'}"]
+
+
+def sweep(tmp: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python run.py -m <overrides>`` in ``tmp``; the caller checks the outcome."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "-m", *overrides, *paths(tmp)], cwd=tmp, env=env,
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def job_folders(tmp: Path) -> list[str]:
+    return sorted(p.name for p in (tmp / "sweep").iterdir() if p.is_dir() and p.name[0] != ".")
+
+
+# ---------------------------------------------------------------- everywhere
+
+
+def launcher_config(*overrides: str):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("config", overrides=["launcher=slurm", *overrides],
+                      return_hydra_config=True)
+    return cfg.hydra.launcher
+
+
+@pytest.mark.parametrize("overrides, gpus", [
+    (["device=cpu"], 0),                     # a CPU-only cluster: no GPU asked for
+    (["device=cpu", "devices=2"], 0),
+    (["device=cuda"], 1),
+    (["device=cuda:1"], 1),
+    (["device=cuda", "devices=4"], 4),       # DDP: one GPU per process
+    (["device=auto"], 1),
+])
+def test_gpus_per_node_follows_the_device(overrides, gpus):
+    assert launcher_config(*overrides).gpus_per_node == gpus
+
+
+def test_an_explicit_gpu_count_wins():
+    assert launcher_config("device=cuda", "hydra.launcher.gpus_per_node=2").gpus_per_node == 2
+
+
+def test_job_folders_leave_out_path_overrides(tmp_path):
+    """A local sweep with absolute-path overrides: folders named by the swept values only."""
+    proc = sweep(tmp_path, *TINY, "method=uniform", "recipe.finetune_steps=0",
+                 "sparsity=0.5,0.8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folders = job_folders(tmp_path)
+    assert len(folders) == 2 and all((tmp_path / "sweep" / f / "metrics.json").exists()
+                                     for f in folders)
+    assert [f.endswith(f"sparsity={s}") for f, s in zip(folders, ("0.5", "0.8"))] == [True] * 2
+    assert not [f for f in folders if "paths." in f or str(tmp_path) in f]
+
+
+# ---------------------------------------------------------------- on a scheduler
+
+
+@pytest.fixture
+def scheduled(tmp_path):
+    """``tmp_path`` for a sweep on SLURM; its jobs are cancelled if a failed test left them."""
+    yield tmp_path
+    folder = tmp_path / "sweep" / ".submitit"
+    ids = {p.name.split("_")[0] for p in folder.iterdir()} if folder.exists() else set()
+    if ids:
+        subprocess.run(["scancel", *sorted(ids)], capture_output=True)
+
+
+def submitit_jobs(tmp: Path) -> list[str]:
+    """The SLURM ids of the sweep's jobs (``<array>_<task>``; one job: ``<id>``), from submitit's
+    folders."""
+    return sorted(p.name for p in (tmp / "sweep" / ".submitit").iterdir()
+                  if p.is_dir() and any(p.glob("*_log.*")))  # not the array's script folder
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_sweep_is_one_array_and_reports_a_table(scheduled):
+    tmp_path = scheduled
+    proc = sweep(tmp_path, "launcher=slurm", *SMALL_JOB, *TINY, "method=uniform,lamp",
+                 "sparsity=0.5,0.8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = submitit_jobs(tmp_path)
+    assert len(jobs) == 4 and len({j.split("_")[0] for j in jobs}) == 1, jobs  # one array
+    (script,) = (tmp_path / "sweep" / ".submitit").glob("*/*submission.sh")
+    assert "--gpus-per-node=0" in script.read_text()  # device=cpu: no GPU asked for
+    folders = job_folders(tmp_path)
+    assert len(folders) == 4 and not [f for f in folders if "paths." in f]
+    assert all((tmp_path / "sweep" / f / "metrics.json").exists() for f in folders)
+
+    out = tmp_path / "report"
+    report = subprocess.run(
+        [sys.executable, "-m", "rdprune.report", str(tmp_path / "sweep"), "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    with open(out / "baselines.csv") as f:
+        cells = {(r["method"], float(r["target_sparsity"])) for r in csv.DictReader(f)
+                 if r["metric"] == "top1" and r["mean"]}
+    assert cells == {(m, s) for m in ("lamp", "uniform") for s in (50.0, 80.0)}
+    assert "| Method | 50% | 80% |" in (out / "baselines.md").read_text()
+
+
+def outlasting(tmp: Path) -> list[str]:
+    """Overrides whose dense training takes ~75 s on this machine (timed on 120 steps): a job
+    that outlasts a 1-minute limit on a fast machine and stays a few minutes on a slow one. No
+    periodic checkpoints: an attempt's progress is the checkpoint its stop signal wrote."""
+    timed = run(compose_config([*TINY, "recipe.dense_steps=120", "method=uniform",
+                                "recipe.finetune_steps=0"], tmp / "timing"))
+    steps = min(4000, max(600, round(75 * 120 / timed["seconds"]["dense"], -1)))
+    return [*TINY, f"recipe.dense_steps={steps:.0f}", "method=lamp", "checkpoint_every=100000"]
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_job_past_its_time_limit_is_requeued_and_resumes(scheduled, record_property):
+    tmp_path = scheduled
+    long = outlasting(tmp_path)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    job = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), "-m", "launcher=slurm", *SMALL_JOB, *long,
+         # SIGUSR2 5 s before the limit (SLURM sends it up to ~30 s early on a 1-minute job)
+         "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=5",
+         "hydra.launcher.max_num_timeout=20", *paths(tmp_path)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:  # the uninterrupted run, meanwhile, on the other core
+        reference = results(run(compose_config(long, tmp_path / "reference")))
+        out, _ = job.communicate(timeout=600)
+    finally:
+        job.kill()
+    assert job.returncode == 0, out[-3000:]
+    (jid,) = submitit_jobs(tmp_path)
+    log = (tmp_path / "sweep" / ".submitit" / jid / f"{jid}_0_log.out").read_text()
+    resumed = [int(s) for s in re.findall(r"dense training: resuming from step (\d+)", log)]
+    # SLURM's count (the job's record stays MinJobAge, 300 s, after it ends)
+    info = subprocess.run(["scontrol", "show", "job", jid], capture_output=True, text=True)
+    requeues = int(re.search(r"Restarts=(\d+)", info.stdout).group(1))
+    record_property("requeues", requeues)
+    print(f"\n{requeues} requeues, dense training resumed from steps {resumed}")
+    # signalled before the end at least once; every attempt that reached dense training went on
+    # from the step where the previous one was stopped (an attempt signalled in its start-up or
+    # after dense training resumes nothing there)
+    assert requeues >= 1 and 1 <= len(resumed) <= requeues, log[-3000:]
+    assert resumed == sorted(resumed) and resumed[0] > 0, resumed
+    (folder,) = job_folders(tmp_path)
+    metrics = json.loads((tmp_path / "sweep" / folder / "metrics.json").read_text())
+    assert results(metrics) == reference
