@@ -123,8 +123,9 @@ def admm_phase(
         seed: seeds the batch order, augmentation and the model's randomness (global step
             ``it * steps_per_iter + k`` like :func:`rdprune.train.fit`'s step).
         device: where to train.
-        checkpoint: file written after every completed iteration and resumed from if present;
-            calling again with a larger ``iters`` continues a finished phase.
+        checkpoint: file written after every completed iteration and on a stop signal (after
+            the step in flight, :mod:`rdprune.preemption`), resumed from if present; calling
+            again with a larger ``iters`` continues a finished phase.
         precision: "32" or "bf16" (autocast for the forward; the penalty is in float32).
         desc: progress-bar and log label.
         progress: show a progress bar.

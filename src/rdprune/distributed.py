@@ -28,6 +28,9 @@ What a run with ``devices = n`` keeps from a single-process run:
 
 A worker's exception is re-raised in the caller with its type and message (the worker's traceback
 is chained above it); the other workers are stopped, none is left behind.
+
+The module is longer than most: the parent's and the workers' halves of one protocol (payload,
+signals, result, errors) read best side by side.
 """
 
 from __future__ import annotations
@@ -136,6 +139,8 @@ class Rank(Replica):
         return total / self.world, signum
 
     def stop(self, guard: Guard, signum: int) -> None:
+        # no rank exits (and gets its peers stopped) before rank 0's checkpoint is on disk
+        dist.barrier()
         raise StageInterrupted(signum)  # the parent hands the signal on
 
 
@@ -258,7 +263,9 @@ def _launch(
         )
         workers[:] = context.processes
         try:
-            while not context.join():
+            # after a worker's error, its peers get 5 s to end, then SIGTERM, 5 s, SIGKILL:
+            # a checkpointing worker defers SIGTERM to a step it may never reach
+            while not context.join(grace_period=5):
                 pass
         except ProcessException as e:
             raise _worker_error(e, tmp, devices) from e
