@@ -100,9 +100,9 @@ def test_job_folders_leave_out_path_overrides(tmp_path):
 
 
 @pytest.fixture
-def scheduled(tmp_path):
-    """``tmp_path`` for a sweep on SLURM; its jobs are cancelled if a failed test left them."""
-    yield tmp_path
+def cancel_leftover_jobs(tmp_path):
+    """Cancels the jobs of a sweep on SLURM in ``tmp_path`` that a failed test left behind."""
+    yield
     folder = tmp_path / "sweep" / ".submitit"
     ids = {p.name.split("_")[0] for p in folder.iterdir()} if folder.exists() else set()
     if ids:
@@ -118,8 +118,8 @@ def submitit_jobs(tmp: Path) -> list[str]:
 
 @pytest.mark.slurm
 @needs_slurm
-def test_sweep_is_one_array_and_reports_a_table(scheduled):
-    tmp_path = scheduled
+@pytest.mark.usefixtures("cancel_leftover_jobs")
+def test_sweep_is_one_array_and_reports_a_table(tmp_path):
     proc = sweep(tmp_path, "launcher=slurm", *SMALL_JOB, *TINY, "method=uniform,lamp",
                  "sparsity=0.5,0.8")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -156,15 +156,15 @@ def outlasting(tmp: Path) -> list[str]:
 
 @pytest.mark.slurm
 @needs_slurm
-def test_job_past_its_time_limit_is_requeued_and_resumes(scheduled, record_property):
-    tmp_path = scheduled
+@pytest.mark.usefixtures("cancel_leftover_jobs")
+def test_job_past_its_time_limit_is_requeued_and_resumes(tmp_path, record_property):
     long = outlasting(tmp_path)
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     job = subprocess.Popen(
         [sys.executable, str(ROOT / "run.py"), "-m", "launcher=slurm", *SMALL_JOB, *long,
          # SIGUSR2 5 s before the limit (SLURM sends it up to ~30 s early on a 1-minute job)
          "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=5",
-         "hydra.launcher.max_num_timeout=20", *paths(tmp_path)],
+         "hydra.launcher.max_num_timeout=8", *paths(tmp_path)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:  # the uninterrupted run, meanwhile, on the other core
