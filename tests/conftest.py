@@ -63,8 +63,8 @@ class Dying:
     def __getattr__(self, name):
         return getattr(self.data, name)
 
-    def train_batches(self, *args):
-        for i, batch in enumerate(self.data.train_batches(*args)):
+    def train_batches(self, *args, **kwargs):
+        for i, batch in enumerate(self.data.train_batches(*args, **kwargs)):
             if i == self.after:
                 raise KeyboardInterrupt
             yield batch

@@ -174,8 +174,8 @@ class KillAfter:
     def __init__(self, data, n: int) -> None:
         self.data, self.n = data, n
 
-    def train_batches(self, *args):
-        for i, batch in enumerate(self.data.train_batches(*args)):
+    def train_batches(self, *args, **kwargs):
+        for i, batch in enumerate(self.data.train_batches(*args, **kwargs)):
             if i == self.n:
                 raise Killed
             yield batch

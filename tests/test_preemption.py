@@ -50,8 +50,9 @@ class Signalling:
             raise AttributeError(name)
         return getattr(self.data, name)
 
-    def train_batches(self, batch_size, seed, start, stop, rank=0, world=1):
-        batches = self.data.train_batches(batch_size, seed, start, stop, rank, world)
+    def train_batches(self, batch_size, seed, start, stop, rank=0, world=1, device=None):
+        batches = self.data.train_batches(batch_size, seed, start, stop, rank, world,
+                                          device=device)
         for step, batch in enumerate(batches, start=start):
             if step == self.at and rank == 0:
                 for _ in range(self.times):

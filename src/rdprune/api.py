@@ -223,7 +223,7 @@ class LoaderData:
         self.train = getattr(loader, "dataset", None) or list(range(len(loader)))
 
     def train_batches(self, batch_size: int, seed: int, start: int, stop: int,
-                      rank: int = 0, world: int = 1):
+                      rank: int = 0, world: int = 1, device: torch.device | None = None):
         if world != 1:
             raise UserError("rdprune.finetune on a DataLoader trains in one process (devices=1)")
         step = 0

@@ -118,9 +118,11 @@ class Rank(Replica):
         return DistributedDataParallel(model, device_ids=ids, static_graph=True)
 
     def batches(
-        self, data: Splits, batch_size: int, seed: int, start: int, stop: int
+        self, data: Splits, batch_size: int, seed: int, start: int, stop: int,
+        device: torch.device | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return data.train_batches(batch_size, seed, start, stop, self.rank, self.world)
+        return data.train_batches(batch_size, seed, start, stop, self.rank, self.world,
+                                  device=self.device)
 
     def guard(self) -> Guard:
         # a worker may get a signal twice (from the scheduler and from its parent): no escalation

@@ -73,10 +73,12 @@ class Replica:
         return model
 
     def batches(
-        self, data: Splits, batch_size: int, seed: int, start: int, stop: int
+        self, data: Splits, batch_size: int, seed: int, start: int, stop: int,
+        device: torch.device | None = None,
     ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        """This process's share of the training batches of steps ``start .. stop-1``."""
-        return data.train_batches(batch_size, seed, start, stop)
+        """This process's share of the training batches of steps ``start .. stop-1`` (built on
+        ``device`` when the data is held in memory: no per-step host-to-device copy)."""
+        return data.train_batches(batch_size, seed, start, stop, device=device)
 
     def guard(self) -> Guard:
         """The stop-signal guard of a loop that checkpoints."""
@@ -198,7 +200,7 @@ def run_steps(
     # without a checkpoint there is nothing to save: signals act at once, as anywhere else
     guard = replica.guard() if checkpoint is not None else Guard(signals=())
     with guard:
-        batches = replica.batches(data, batch_size, seed, start, steps)
+        batches = replica.batches(data, batch_size, seed, start, steps, device)
         for step, (x, y) in enumerate(batches, start=start):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             # each rank its own dropout/drop-path draws; rank 0 (and a single process) as before
