@@ -1,4 +1,4 @@
-"""ADMM weight pruning (Zhang et al., ECCV 2018; paper-notes section 7) before hard pruning.
+"""ADMM weight pruning (Zhang et al., ECCV 2018, arXiv 1804.03294) before hard pruning.
 
 Given per-layer target sparsities from any allocation, the constrained problem
 ``min loss(W) s.t. layer i keeps at most kept_i weights`` is split as ``W_i = Z_i`` and solved

@@ -1,10 +1,11 @@
 """The paper's official protocol as data, and how a composed config compares with it.
 
-:data:`RECIPES` is the specification: the official code's settings per model (paper-notes
-section 2, ``tools/modelloaders.py``), with the dataset-level facts in :data:`DATASETS` and the
+:data:`RECIPES` is the specification: the official code's settings per model (its
+``tools/modelloaders.py``: Akimoto-Cris/RD_PRUNE on GitHub, built on jaeho-lee/layer-adaptive-
+sparsity), with the dataset-level facts in :data:`DATASETS` and the
 RD method's in :data:`RD`. Each official value is keyed by the config key that sets it here
 (``recipe.finetune_schedule``, ``finetune.optimizer.lr``, ...), so a difference names its knob.
-Deliberate differences that fix defects of the official code (paper-notes section 3) are code
+Deliberate differences that fix defects of the official code (numbered as in :data:`FIXES`) are code
 behaviour, not config: :data:`FIXES` lists them with their reasons, apart from the differences.
 
 - :func:`describe` (cheap, pure): one run's config against its model's official recipe, stored
@@ -59,7 +60,7 @@ class Recipe:
 _ADAMW = {"optimizer": "torch.optim.AdamW", "lr": 3e-4, "weight_decay": 0.01}  # torch default wd
 _SGD = {"optimizer": "torch.optim.SGD", "lr": 0.01, "weight_decay": 1e-4, "momentum": 0.0}
 
-#: paper-notes section 2, one row per model: THE specification
+#: the official code's tools/modelloaders.py, one row per model: THE specification
 RECIPES: tuple[Recipe, ...] = (
     Recipe("resnet32", "cifar10", 0.2, 100, Training(**_ADAMW, steps=50_000, schedule="cosine"),
            Training(**_ADAMW, steps=80_000, schedule="constant")),
@@ -133,7 +134,7 @@ RD_ONLY = ("dataset.calib_size", "method.calibration", *RD)
 class Fix:
     """A deliberate difference from the official code: the fix of one of its defects."""
 
-    bug: int  # paper-notes section 3
+    bug: int  # the defect's number (1 calibration augmentation, 2 DP budget, 3 caches, 5 layers)
     what: str
     official: str
     ours: str
@@ -330,7 +331,7 @@ def to_markdown(results: Mapping[str, tuple[list[Row], list[Fix]]], command: str
              f"    {command}", "",
              "Each paper experiment (`conf/experiment/`) composed and compared, setting by "
              "setting, with the official code's (`src/rdprune/protocol.py`, written from "
-             "paper-notes section 2). Deliberate differences that fix official bugs are code "
+             "its `tools/modelloaders.py`). Deliberate differences that fix official bugs are code "
              "behaviour, listed separately with their reasons.", "",
              "| experiment | differences | deliberate fixes |", "|---|---:|---|"]
     for name, (rows, fixes) in results.items():

@@ -1,7 +1,7 @@
 """Published results of the paper's method, to set beside reproduced ones.
 
-Source: the official README of Xu et al. (ICCV 2023), as summarised in
-``/work/shared/reference/paper-notes.md`` section 4 (the paper's own tables were not available).
+Source: the README of the official code of Xu et al. (ICCV 2023), GitHub Akimoto-Cris/RD_PRUNE
+(the paper's own tables were not available).
 Units: ``sparsity`` and ``flops`` are percent (weights removed, FLOPs remaining); ``top1``,
 ``top1_std``, ``dense`` and ``diff`` are top-1 accuracy in percent; ``top1_std`` is None where no
 spread was published. ``variant`` is "" for the standard method and "zero-data" for synthetic
