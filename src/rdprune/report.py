@@ -17,6 +17,9 @@ plus ``runs.csv``, ``failed.md``, figures (:mod:`rdprune.plots`) and a ``README.
 command. Statistics: mean over seeds, std with ddof=1, no ± for a single seed. If the same config
 and seed appear twice (a re-run), only the newest run counts (``superseded`` in ``runs.csv``);
 cells that average runs of different configs are named in README.md.
+
+A little over 300 lines: the paper table (with its published, dense and protocol columns) and the
+command that writes everything; the other tables are in :mod:`rdprune.tables`.
 """
 
 from __future__ import annotations
