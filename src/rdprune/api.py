@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from rdprune.allocation import BASELINES
-from rdprune.errors import UserError
+from rdprune.errors import UserError, one_line
 from rdprune.flops import layer_macs
 from rdprune.layers import PRUNABLE_TYPES, find_prunable, unwrap
 from rdprune.masks import apply_masks, check_masks, kept_count, magnitude_masks, num_pruned
@@ -84,9 +84,8 @@ def prunable_layers(model: nn.Module, example: torch.Tensor) -> dict[str, nn.Mod
     try:
         layers = find_prunable(model, example)
     except Exception as e:  # noqa: BLE001 - the model's own error, reported in one line
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise UserError(f"{type(unwrap(model)).__name__} rejects an input of shape "
-                        f"{tuple(example.shape)} ({type(e).__name__}: {first})") from None
+                        f"{tuple(example.shape)} ({one_line(e)})") from None
     if not layers:
         raise UserError(f"{type(unwrap(model)).__name__} has no Conv2d or Linear layer to prune")
     return layers
@@ -168,9 +167,11 @@ def allocate(
     solver.check(layers, target, budget)
     pruned = [0] * len(layers) if masks is None else [
         masks[name].numel() - kept_count(masks[name]) for name in layers]
+    # counting MACs runs the model once more: only a FLOPs budget needs them
+    macs = layer_macs(model, example, list(layers)) if budget == "flops" else None
     problem = Problem(
         model=model, layers=layers, target=target, budget=budget, pruned=pruned,
-        macs=layer_macs(model, example, list(layers)), calibration=x,
+        macs=macs, calibration=x,
         cache_dir=Path(cache_dir).expanduser() if cache_dir is not None else None,
         device=device, progress=progress,
     )

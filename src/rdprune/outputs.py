@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from rdprune import cache
+from rdprune.errors import one_line
 from rdprune.layers import unprunable_weights
 from rdprune.masks import kept_count, sparsity_of
 from rdprune.protocol import describe
@@ -193,5 +194,4 @@ def summary_table(metrics: Mapping[str, Any]) -> str:
 def mark_failed(out: Path | None, error: BaseException) -> None:
     """Leave a ``FAILED`` file (the one-line error) in the run directory, if there is one."""
     if out is not None and out.is_dir():
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        write_atomic(out / "FAILED", f"{type(error).__name__}: {message}\n")
+        write_atomic(out / "FAILED", one_line(error, limit=None) + "\n")

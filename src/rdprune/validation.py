@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from rdprune.cache import writable
-from rdprune.errors import UserError
+from rdprune.errors import UserError, one_line
 from rdprune.train import SCHEDULES, lr_schedule
 
 log = logging.getLogger(__name__)
@@ -128,8 +128,7 @@ def check_optimizer(name: str, spec: Any, schedule: str, steps: int) -> None:
         factory = instantiate(spec) if spec is not None else None
     except Exception as e:  # noqa: BLE001 - any construction failure is a config error
         cause = e.__cause__ or e
-        raise UserError(f"{name}.optimizer cannot be built ({type(cause).__name__}: "
-                        f"{_first_line(cause)})") from None
+        raise UserError(f"{name}.optimizer cannot be built ({one_line(cause)})") from None
     if not callable(factory):
         raise UserError(f"{name}.optimizer must be a _target_ + _partial_ config, got {spec}")
     param = nn.Parameter(torch.zeros(2))
@@ -140,8 +139,7 @@ def check_optimizer(name: str, spec: Any, schedule: str, steps: int) -> None:
         opt.step()
         sched.step()
     except (ValueError, TypeError, RuntimeError) as e:
-        raise UserError(f"{name}.optimizer is invalid ({type(e).__name__}: {_first_line(e)})"
-                        ) from None
+        raise UserError(f"{name}.optimizer is invalid ({one_line(e)})") from None
 
 
 def check_cache_dir(path: str) -> Path:
@@ -166,7 +164,7 @@ def load_state(path: str) -> dict[str, torch.Tensor]:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - the unpickler fails in many ways on a non-checkpoint
         raise UserError(f"dense.checkpoint {p} is not a PyTorch state_dict file "
-                        f"({type(e).__name__}: {_first_line(e)[:80]})") from None
+                        f"({one_line(e, 80)})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -188,11 +186,6 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> N
                 parts.append(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
                              f" ({len(keys)})")
         raise UserError(f"checkpoint {path} does not fit this model - " + "; ".join(parts))
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def _runs(model: nn.Module, shape: tuple[int, ...]) -> bool:
@@ -220,7 +213,7 @@ def input_size_error(
     finally:
         model.train(was_training)
     got = "x".join(map(str, shape[1:]))
-    why = f"{type(error).__name__}: {_first_line(error)}"
+    why = one_line(error)
     if not sizes:
         return UserError(f"model {name} does not run on {got} inputs ({why}), nor on any square "
                          f"size from {PROBE_SIZES[0]} to {PROBE_SIZES[-1]}")

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 from torch import fx, nn
 
+from rdprune.errors import one_line
 from rdprune.graph.errors import Untraceable
 from rdprune.graph.inplace import normalise_inplace
 from rdprune.layers import PRUNABLE_TYPES
@@ -64,7 +65,6 @@ def trace(model: nn.Module, layers: Iterable[nn.Module]) -> fx.Graph:
     try:
         graph = _Tracer(layers).trace(model, concrete_args=concrete or None)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means "use the naive path"
-        first = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise Untraceable(f"torch.fx tracing failed: {type(exc).__name__}: {first}") from exc
+        raise Untraceable(f"torch.fx tracing failed: {one_line(exc)}") from exc
     normalise_inplace(graph, model)
     return graph

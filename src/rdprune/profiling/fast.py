@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from rdprune.distortion import Accumulator
+from rdprune.errors import one_line
 from rdprune.graph import Placement, TracedModel, Untraceable
 from rdprune.layers import unwrap
 from rdprune.masks import kept_count, magnitude_order, num_pruned
@@ -196,7 +197,7 @@ def _fast_layer_curve(
     except Exception as exc:  # noqa: BLE001 - batched evaluation unsupported: go one by one
         if grid_batch == 1:
             raise
-        failure = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        failure = one_line(exc)
         acc = _accumulate(traced, li, zeroed, inputs, ys, chunk, 1, reuse, ctx)
     lookup = dict(zip(todo, acc.result(reduction, inputs.shape[0])))
     for j, c in enumerate(counts):
