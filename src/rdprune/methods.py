@@ -23,10 +23,10 @@ from torch import nn
 
 from rdprune import cache
 from rdprune.allocation import get_baseline
+from rdprune.distortion import check_reduction
 from rdprune.errors import UserError
 from rdprune.layers import layer_weights
 from rdprune.masks import num_pruned
-from rdprune.distortion import check_reduction
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,7 +43,7 @@ class Problem:
             prunable weights (``budget="params"``) or of their dense MACs (``budget="flops"``).
         budget: ``"params"`` or ``"flops"``.
         pruned: per-layer number of weights already removed (a layer may not lose fewer).
-        macs: dense MACs per sample of each layer.
+        macs: dense MACs per sample of each layer; only a FLOPs budget needs them (else None).
         calibration: the calibration inputs ``[N, *input_shape]`` (the same every round).
         cache_dir: root of the stage caches (None: nothing cached).
         device: where to compute.
@@ -55,7 +55,7 @@ class Problem:
     target: float
     budget: str
     pruned: list[int]
-    macs: dict[str, int]
+    macs: dict[str, int] | None
     calibration: torch.Tensor
     cache_dir: Path | None = None
     device: torch.device = torch.device("cpu")
@@ -172,6 +172,8 @@ class RateDistortion:
         total = sum(sizes)
         if problem.budget == "params":
             return kept, float(total - num_pruned(total, problem.target))
+        if problem.macs is None:
+            raise ValueError("a FLOPs budget needs the layers' MACs (Problem.macs)")
         per_weight = np.array([problem.macs[k] // n for k, n in zip(problem.layers, sizes)],
                               np.int64)
         cost = kept * per_weight[:, None]
