@@ -46,8 +46,8 @@ from rdprune.config import (
     finetunes,
     schedule_factory,
     targets,
-    trains_dense,
     training,
+    trains_dense,
 )
 from rdprune.data import Splits
 from rdprune.distortion import joint
@@ -148,7 +148,7 @@ def setup(cfg: DictConfig) -> Run:
         check_target(layers, cfg.sparsity)
     method.check(layers, targets(cfg)[-1], budget_of(cfg))
     model.to(device)
-    validation.warn_profiling_cost(cfg, model, data.calibration(), len(layers), device)
+    validation.warn_profiling_cost(cfg, model, data.calibration, len(layers), device)
     return Run(cfg=cfg, data=data, model=model, layers=layers,
                macs=layer_macs(model, example.to(device), list(layers)), device=device,
                cache_dir=cache_dir, out_dir=Path(cfg.paths.output_dir).expanduser().resolve(),

@@ -16,6 +16,7 @@ import math
 import numbers
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -231,14 +232,17 @@ def input_size_error(
                      f"({why}): {fix}")
 
 
-def warn_profiling_cost(cfg: DictConfig, model: nn.Module, calib: torch.Tensor,
-                        num_layers: int, device: torch.device) -> None:
-    """Warn (with the estimate) when RD profiling would run for more than an hour."""
+def warn_profiling_cost(cfg: DictConfig, model: nn.Module,
+                        calibration: Callable[[], torch.Tensor], num_layers: int,
+                        device: torch.device) -> None:
+    """Warn, with the estimated time from one timed forward, when the RD grid is far above the
+    official 101 points (``calibration`` is only loaded then)."""
     if "options" not in cfg.method:
         return
     grid = int(cfg.rd.grid_points)
     if grid <= 1001:  # ten times the official grid: not worth a forward pass to estimate
         return
+    calib = calibration()
     chunk = calib[: int(cfg.rd.batch_size)].to(device)
     was_training = model.training
     model.eval()
