@@ -28,7 +28,7 @@ from rdprune.errors import UserError, one_line
 from rdprune.flops import layer_macs
 from rdprune.layers import PRUNABLE_TYPES, find_prunable, unwrap
 from rdprune.masks import apply_masks, check_masks, kept_count, magnitude_masks, num_pruned
-from rdprune.methods import Allocation, Baseline, Problem, RateDistortion
+from rdprune.methods import Allocation, Baseline, Problem, rate_distortion
 
 #: method names :func:`allocate` accepts (``ours_zerodata``: curves on N(0, 1) inputs)
 METHODS = ("ours", "ours_zerodata", *BASELINES)
@@ -46,10 +46,7 @@ def make_method(method: str | Any, **options: Any) -> Any:
         return method
     if method in ("ours", "ours_zerodata"):
         calibration = "synthetic" if method == "ours_zerodata" else "data"
-        try:
-            return RateDistortion(name="ours", calibration=calibration, **options)
-        except TypeError as e:
-            raise UserError(f"method ours: {e}") from None
+        return rate_distortion(name="ours", calibration=calibration, options=options)
     if method in BASELINES:
         if options:
             raise UserError(f"method {method} takes no options, got {', '.join(sorted(options))}")
