@@ -44,12 +44,16 @@ class TrainingDivergedError(UserError):
     """The loss became NaN or infinite."""
 
 
+#: training precisions: float32, or bfloat16 autocast
+PRECISIONS = ("32", "bf16")
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed-precision context: ``precision`` is "32" (off) or "bf16"."""
+    """Mixed-precision context: ``precision`` is "32" (off; "fp32" is accepted too) or "bf16"."""
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if precision not in ("32", "fp32"):
-        raise UserError(f"precision must be 32 or bf16, got {precision!r}")
+    if precision not in (*PRECISIONS, "fp32"):
+        raise UserError(f"precision must be {' or '.join(PRECISIONS)}, got {precision!r}")
     return contextlib.nullcontext()
 
 

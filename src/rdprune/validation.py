@@ -27,11 +27,11 @@ from torch import nn
 
 from rdprune.cache import writable
 from rdprune.errors import UserError, one_line
+from rdprune.loop import PRECISIONS
 from rdprune.train import SCHEDULES, lr_schedule
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("32", "bf16")
 #: input sides tried when a model rejects its input, to name the smallest that works
 PROBE_SIZES = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 299, 320, 384, 448, 512)
 
