@@ -8,9 +8,9 @@ import json
 import pytest
 from conftest import CONF, compose_config
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from rdprune.config import targets
+from rdprune.config import is_rd, targets
 from rdprune.pipeline import run, setup
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -33,7 +33,7 @@ def shrink(cfg) -> list[str]:
         out.append("model.name=resnet18")
     if cfg.schedule.name == "iterative":
         out.append("recipe.rounds=2")
-    if "options" in cfg.method:
+    if is_rd(cfg):
         out.append("rd.grid_points=3")
     if cfg.finetune.name == "admm":
         out += ["finetune.admm.iters=1", "finetune.admm.steps_per_iter=2"]
@@ -72,4 +72,7 @@ def test_declared_sweeps_set_up(name, tmp_path):
             job = compose_config([*chosen, *shrink(compose_config(chosen, tmp_path))], tmp_path)
             OmegaConf.to_container(job, resolve=True)  # every interpolation resolves
             run = setup(job)
-            assert run.cfg.get(key.split(".")[0]) is not None
+            arrived = OmegaConf.select(run.cfg, key)
+            if isinstance(arrived, DictConfig):  # a group: the option's config, named by it
+                arrived = arrived.name
+            assert str(arrived) == value, (key, value, arrived)

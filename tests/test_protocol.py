@@ -62,7 +62,7 @@ def test_cifar_experiment_is_the_official_recipe(composed, name):
     assert (cfg.recipe.batch_size, cfg.recipe.prune_amount, cfg.recipe.rounds) == (100, 0.2, 20)
     assert cfg.dataset.calib_size == 1024 and cfg.dataset.augment is True
     assert (cfg.method.name, cfg.method.calibration) == ("ours", "data")
-    assert (cfg.method.options.grid_points, cfg.method.options.reduction) == (101, "worst")
+    assert (cfg.rd.grid_points, cfg.rd.reduction) == (101, "worst")
 
 
 @pytest.mark.parametrize("name", IMAGENET)
@@ -81,8 +81,9 @@ def test_imagenet_experiment_is_the_official_recipe(composed, name):
     assert cfg.dataset.calib_size == 256
     assert (cfg.dataset.train_transform, cfg.dataset.interpolation) == ("official", "bicubic")
     assert (cfg.dataset.resize, cfg.dataset.image_size) == (256, 224)
-    assert (cfg.method.name, cfg.method.calibration) == ("ours", calibration)
-    assert (cfg.method.options.grid_points, cfg.method.options.reduction) == (101, "worst")
+    method = "ours_zerodata" if calibration == "synthetic" else "ours"
+    assert (cfg.method.name, cfg.method.calibration) == (method, calibration)
+    assert (cfg.rd.grid_points, cfg.rd.reduction) == (101, "worst")
 
 
 @pytest.mark.parametrize("model, file, published_dense", [

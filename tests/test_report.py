@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 import pytest
-import yaml
 
 from rdprune import report
 
@@ -19,39 +18,46 @@ KEPT = {"ours": [216, 230, 230, 160], "lamp": [108, 230, 322, 80],
         "global_magnitude": [432, 230, 230, 80]}
 
 
-def _job_dir(path, overrides, config):
+def _record(model, dataset, method, schedule, sparsity, seed, experiment="sweep", **extra):
+    """What :func:`rdprune.config.record` writes for a run (run.json, metrics.json)."""
+    rd = {"calibration": "data", "grid_points": 101, "reduction": "worst", "batch_size": 256,
+          "tol": 1e-3, "calib_seed": 0}
+    rec = {"model": model, "dataset": dataset, "method": method,
+           "options": rd if method.startswith("ours") else {}, "criterion": "magnitude",
+           "schedule": schedule, "finetune": "adamw", "experiment": experiment, "seed": seed,
+           "target_sparsity": sparsity, "target_flops_kept": None, "precision": "32",
+           "config_id": f"{model}-{method}"}
+    rec.update(extra)
+    return rec
+
+
+def _job_dir(path, record, failed: str | None = None):
+    """A job that did not finish: run.json, and FAILED with ``failed`` as its message."""
     (path / ".hydra").mkdir(parents=True)
-    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-
-
-def _config(model, dataset, method, schedule, sparsity, seed, name="sweep"):
-    return {"name": name, "model_name": model, "sparsity": sparsity, "seed": seed,
-            "dataset": {"name": dataset}, "method": {"name": method},
-            "schedule": {"name": schedule}, "finetune": {"name": "adamw"},
-            "recipe": {"finetune_steps": 150}}
+    (path / "run.json").write_text(json.dumps(record))
+    if failed is not None:
+        (path / "FAILED").write_text(failed + "\n")
 
 
 def make_run(path, *, method, sparsity, seed, top1, dense, model="resnet32", dataset="digits",
-             schedule="oneshot", distortion=0.1, achieved=None, flops=10.0, curves=False,
+             schedule="oneshot", distortion=0.1, achieved=None, flops=0.1, curves=False,
              experiment="sweep", rounds=None):
     """A complete fake run: .hydra/, metrics.json, layers.csv (and rd_curves.npz, rounds.csv)."""
-    overrides = [f"method={method}", f"sparsity={sparsity}", f"seed={seed}"]
-    _job_dir(path, overrides, _config(model, dataset, method, schedule, sparsity, seed, experiment))
+    (path / ".hydra").mkdir(parents=True)
     kept = KEPT.get(method, [max(1, round(n * (1 - sparsity))) for n in SIZES])
     rows = ["name,type,shape,weights,kept,sparsity,dense_macs"]
     for (name, kind, shape), n, k in zip(LAYERS, SIZES, kept):
         rows.append(f"{name},{kind},{'x'.join(map(str, shape))},{n},{k},{1 - k / n},{n * 64}")
     (path / "layers.csv").write_text("\n".join(rows) + "\n")
     metrics = {
-        "model": model, "dataset": dataset, "method": method, "schedule": schedule,
-        "finetune": "adamw", "experiment": experiment, "seed": seed, "target_sparsity": sparsity,
-        "achieved_sparsity": sparsity if achieved is None else achieved, "flops_remaining": flops,
+        **_record(model, dataset, method, schedule, sparsity, seed, experiment),
+        "achieved_sparsity": sparsity if achieved is None else achieved, "flops_kept": flops,
         "dense_top1": dense, "pruned_top1": top1 - 20, "top1": top1,
         "joint_distortion_mean": distortion / 10, "joint_distortion_worst": distortion,
         "num_layers": 4, "num_weights": sum(SIZES), "kept_weights": sum(kept),
-        "rounds": rounds or [{"round": 1}], "seconds": {"dense": 1.0, "allocate": 0.5}, "wall_seconds": 3.0,
-        "some_future_key": "ignored gracefully", "nested_future": {"a": 1},
+        "dense_key": f"dense-{seed}", "protocol": {"protocol": "none", "differences": []},
+        "rounds": rounds or [{"round": 1}], "seconds": {"dense": 1.0, "allocate": 0.5},
+        "wall_seconds": 3.0, "some_future_key": "ignored gracefully", "nested_future": {"a": 1},
     }
     (path / "metrics.json").write_text(json.dumps(metrics))
     if rounds:
@@ -84,13 +90,15 @@ def logs(tmp_path_factory):
             make_run(sweep / f"{job}_method={method},seed={seed},sparsity={s}", method=method,
                      sparsity=s, seed=seed, top1=v, dense=97.5, distortion=d)
             job += 1
-    failed = sweep / f"{job}_method=lamp,seed=2,sparsity=0.9"
-    _job_dir(failed, ["method=lamp", "sparsity=0.9", "seed=2"],
-             _config("resnet32", "digits", "lamp", "oneshot", 0.9, 2))
-    (failed / "FAILED").write_text("RuntimeError: out of memory while profiling\n")
+    _job_dir(sweep / f"{job}_method=lamp,seed=2,sparsity=0.9",
+             _record("resnet32", "digits", "lamp", "oneshot", 0.9, 2),
+             failed="RuntimeError: out of memory while profiling")
     _job_dir(sweep / f"{job + 1}_method=ours,seed=2,sparsity=0.5",
-             ["method=ours", "sparsity=0.5", "seed=2"],
-             _config("resnet32", "digits", "ours", "oneshot", 0.5, 2))
+             _record("resnet32", "digits", "ours", "oneshot", 0.5, 2))
+    # a job that failed before its record: no cell, but listed with its message
+    early = sweep / f"{job + 2}_method=ours,seed=3,sparsity=0.5"
+    (early / ".hydra").mkdir(parents=True)
+    (early / "FAILED").write_text("UserError: seed must be an integer, got 'x'\n")
     # an older re-run of ours@90% seed 0 with a different result: superseded by the sweep's
     old = root / "sweep" / "runs" / "old"
     make_run(old, method="ours", sparsity=0.9, seed=0, top1=10.0, dense=97.5)
@@ -98,14 +106,14 @@ def logs(tmp_path_factory):
     for seed, v in enumerate([90.5, 91.1]):
         make_run(root / "cifar" / "runs" / f"seed{seed}", method="ours", sparsity=0.95602,
                  seed=seed, top1=v, dense=94.0, model="resnet32", dataset="cifar10",
-                 schedule="iterative", achieved=0.956, flops=3.5, curves=True,
+                 schedule="iterative", achieved=0.956, flops=0.035, curves=True,
                  experiment="cifar", rounds=[
                      dict(round=1, target_sparsity=0.5, achieved_sparsity=0.5,
                           pruned_top1=80.0 + seed, top1=92.0 + seed),
                      dict(round=2, target_sparsity=0.95602, achieved_sparsity=0.956,
                           pruned_top1=50.0, top1=v)])
     add = root / "additivity" / "2024-01-02"
-    _job_dir(add, [], {"name": "additivity"})
+    (add / ".hydra").mkdir(parents=True)
     (add / "additivity.csv").write_text(
         "kind,layers,sparsity,sum_single,joint\n"
         "consecutive,conv1+layer1.conv,0.1,0.001,0.0011\n"
@@ -125,11 +133,14 @@ def test_collect_counts_runs_failed_incomplete_and_duplicates(logs):
     assert len(runs) == 14 and runs["superseded"].sum() == 1
     assert runs.loc[runs.superseded, "top1"].tolist() == [10.0]
     assert {"some_future_key", "seconds_dense", "num_rounds"} <= set(runs.columns)
-    assert sorted((f["status"], f["method"], f["target"], f["seed"]) for f in failed) == [
+    placed = [f for f in failed if "method" in f]
+    assert sorted((f["status"], f["method"], f["target"], f["seed"]) for f in placed) == [
         ("failed", "lamp", 90.0, 2), ("incomplete", "ours", 50.0, 2)]
-    msg = next(f for f in failed if f["status"] == "failed")
+    msg = next(f for f in placed if f["status"] == "failed")
     assert msg["message"] == "RuntimeError: out of memory while profiling"
-    assert msg["overrides"] == ["method=lamp", "sparsity=0.9", "seed=2"]
+    (early,) = [f for f in failed if "method" not in f]
+    assert early["message"] == ("UserError: seed must be an integer, got 'x' (before the run's "
+                                "record was written)")
 
 
 def test_baseline_table_exact(logs):
@@ -210,7 +221,7 @@ def test_cli_writes_every_file(logs, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert report.main([str(logs), "--out", "results/fixture"]) == 0
     out = tmp_path / "results" / "fixture"
-    assert "13 runs, 2 failed (1 of them incomplete), 1 superseded" in capsys.readouterr().out
+    assert "13 runs, 3 failed (1 of them incomplete), 1 superseded" in capsys.readouterr().out
     for name in ("paper_table", "baselines", "baselines_distortion", "layer_sparsity",
                  "additivity", "rounds"):
         for ext in ("md", "tex", "csv"):
@@ -224,7 +235,8 @@ def test_cli_writes_every_file(logs, tmp_path, capsys, monkeypatch):
     assert f"python -m rdprune.report {logs} --out results/fixture" in readme
     assert all(f"`{f}`" in readme for f in pngs + ["baselines.md", "failed.md"])
     failed = (out / "failed.md").read_text()
-    assert "`method=lamp sparsity=0.9 seed=2`" in failed
+    assert "run: resnet32 / digits / oneshot / adamw / lamp @ 90%, seed 2" in failed
+    assert "run: unknown" in failed
     assert "RuntimeError: out of memory while profiling" in failed
     assert "**incomplete**" in failed and "additivity" not in failed
     md = (out / "baselines.md").read_text()
@@ -232,13 +244,10 @@ def test_cli_writes_every_file(logs, tmp_path, capsys, monkeypatch):
 
 
 def test_cells_mixing_configs_are_flagged(tmp_path):
-    for seed, steps in enumerate([150, 300]):
+    for seed, config_id in enumerate(["a", "b"]):
         make_run(tmp_path / "logs" / f"r{seed}", method="lamp", sparsity=0.5, seed=seed,
                  top1=90.0, dense=95.0)
-        path = tmp_path / "logs" / f"r{seed}" / ".hydra" / "config.yaml"
-        cfg = yaml.safe_load(path.read_text())
-        cfg["recipe"]["finetune_steps"] = steps
-        path.write_text(yaml.safe_dump(cfg))
+        _rewrite(tmp_path / "logs" / f"r{seed}", config_id=config_id)
     result = report.write_report([tmp_path / "logs"], tmp_path / "out")
     assert result["runs"]["config_id"].nunique() == 2
     readme = (tmp_path / "out" / "README.md").read_text()
@@ -265,14 +274,14 @@ def test_wandb_path(logs, tmp_path, monkeypatch, mode):
         assert {"runs", "paper", "baselines", "layer", "failed"} <= tables
 
 
-def test_published_match_tolerance_and_variant():
+def test_published_match_tolerance_and_method():
     from rdprune.published import match
 
     assert match("resnet32", "cifar10", "iterative", 95.9).top1 == 90.83
     assert match("resnet32", "cifar10", "iterative", 96.1) is None  # > 0.5 pp away
     assert match("resnet32", "cifar10", "iterative", 95.5, method="lamp") is None
     assert match("resnet50", "imagenet", "oneshot", 50.0) is None  # only the zero-data row
-    assert match("resnet50", "imagenet", "oneshot", 50.0, variant="zero-data").top1 == 75.13
+    assert match("resnet50", "imagenet", "oneshot", 50.0, method="ours_zerodata").top1 == 75.13
 
 
 def test_paper_table_dense_against_published_and_protocol(logs):
@@ -281,34 +290,27 @@ def test_paper_table_dense_against_published_and_protocol(logs):
     header = next(ln for ln in md.splitlines() if ln.startswith("| Model"))
     assert header.endswith("| Paper dense | Paper diff | Dense: measured / paper | Protocol |")
     assert "| FLOPs remaining (%) |" in header
-    # measured 94.00 against the published ResNet-32 / CIFAR-10 dense 93.99; runs without a
-    # recorded protocol read unknown; digits has no published dense model
-    assert "| 93.99 | -3.16 | 94.00 / 93.99 (+0.01) | unknown |" in md
-    assert "| 97.50 | -6.50 | 3 | – | – | – | – | – | – | unknown |" in md
+    # measured 94.00 against the published ResNet-32 / CIFAR-10 dense 93.99; digits has no
+    # published dense model
+    assert "| 93.99 | -3.16 | 94.00 / 93.99 (+0.01) | none |" in md
+    assert "| 97.50 | -6.50 | 3 | – | – | – | – | – | – | none |" in md
 
 
-def _flops_config(method, seed, flops_kept, reduction="worst"):
-    cfg = _config("resnet32", "cifar10", method, "oneshot", 0.9, seed, name="new")
-    cfg["flops_kept"] = flops_kept
-    cfg["rd"] = {"reduction": reduction, "grid_points": 101}
-    if method == "ours":  # only RD methods carry options (= ${rd})
-        cfg["method"].update(calibration="data", options="${rd}")
-    return cfg
-
-
-def _rewrite(path, config=None, **metrics):
-    """Replace a fake run's config and update its metrics.json (None values: key removed)."""
-    if config is not None:
-        (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+def _rewrite(path, **fields):
+    """Update a fake run's metrics.json (None values: key removed)."""
     m = json.loads((path / "metrics.json").read_text())
-    m.update(metrics)
+    m.update(fields)
     (path / "metrics.json").write_text(json.dumps({k: v for k, v in m.items() if v is not None}))
+
+
+def _options(**rd):
+    return {"calibration": "data", "grid_points": 101, "reduction": "worst", "batch_size": 256,
+            "tol": 1e-3, "calib_seed": 0, **rd}
 
 
 @pytest.fixture
 def new_keys(tmp_path):
-    """Runs in the current config layout: a FLOPs target (flops_kept, metrics flops_kept as a
-    fraction), rd.reduction via method.options, protocols recorded; and old-layout runs."""
+    """Runs with a FLOPs target (flops_kept), the mean-distortion option, recorded protocols."""
     root = tmp_path / "logs"
     protocol = {"protocol": "official", "recipe": "resnet32/cifar10", "differences": [],
                 "fixes": ["bug 3: content-hashed caches"]}
@@ -316,29 +318,19 @@ def new_keys(tmp_path):
         path = root / f"flops{seed}"
         make_run(path, method="ours", sparsity=0.9, seed=seed, top1=top1, dense=93.0,
                  dataset="cifar10")
-        _rewrite(path, _flops_config("ours", seed, 0.3), target_sparsity=None,
-                 target_flops_kept=0.3, flops_remaining=None, flops_kept=kept,
+        _rewrite(path, target_sparsity=None, target_flops_kept=0.3, flops_kept=kept,
                  budget_type="flops", protocol=protocol)
-    path = root / "mean"  # the worst/mean option through rd.* (method.options = ${rd})
+    path = root / "mean"
     make_run(path, method="ours", sparsity=0.9, seed=0, top1=85.0, dense=93.0, dataset="cifar10")
-    _rewrite(path, _flops_config("ours", 0, None, reduction="mean"), flops_remaining=None,
-             flops_kept=0.1, protocol={**protocol, "protocol": "custom",
-                                       "differences": ["rd.reduction: mean (official: worst)"]})
-    path = root / "lamp"  # a baseline in a sweep that sets rd.reduction: not a variant of lamp
+    _rewrite(path, options=_options(reduction="mean"), config_id="mean", flops_kept=0.1,
+             protocol={**protocol, "protocol": "custom",
+                       "differences": ["rd.reduction: mean (official: worst)"]})
+    path = root / "lamp"  # a baseline records no RD options: never a variant of lamp
     make_run(path, method="lamp", sparsity=0.9, seed=0, top1=84.0, dense=93.0, dataset="cifar10")
-    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
-        ["method=lamp", "rd.reduction=mean", "sparsity=0.9", "seed=0"]))
-    _rewrite(path, _flops_config("lamp", 0, None, reduction="mean"),
-             protocol={"protocol": "official", "differences": []})
-    # the layout before rd.*: method.reduction and method.budget=flops (sparsity = MACs removed)
-    for name, sparsity, extra in [("old_mean", 0.7, {"reduction": "mean"}),
-                                  ("old_flops", 0.8, {"budget": "flops"})]:
-        path = root / name
-        make_run(path, method="ours", sparsity=sparsity, seed=0, top1=70.0, dense=93.0,
-                 dataset="cifar10")
-        cfg = _config("resnet32", "cifar10", "ours", "oneshot", sparsity, 0, name="old")
-        cfg["method"].update(extra)
-        _rewrite(path, cfg)
+    _rewrite(path, protocol={"protocol": "official", "differences": []})
+    path = root / "wanda"  # another criterion is a variant
+    make_run(path, method="lamp", sparsity=0.7, seed=0, top1=70.0, dense=93.0, dataset="cifar10")
+    _rewrite(path, criterion="wanda", config_id="wanda")
     return root
 
 
@@ -347,17 +339,14 @@ def test_new_config_keys_flops_targets_and_protocols(new_keys):
     by_dir = {r.run_dir.rsplit("/", 1)[1]: r for r in runs.itertuples()}
     assert by_dir["flops0"].label == "ours (FLOPs target)"
     assert (by_dir["flops0"].target_kind, by_dir["flops0"].target) == ("flops", 30.0)
-    assert by_dir["flops0"].flops_remaining == pytest.approx(29.5)  # fraction -> percent
+    assert by_dir["flops0"].flops_kept == pytest.approx(0.295)
     assert by_dir["mean"].label == "ours (mean distortion)" and by_dir["mean"].target == 90.0
-    assert by_dir["lamp"].label == "lamp" and by_dir["lamp"].flops_remaining == 10.0
-    assert by_dir["old_mean"].label == "ours (mean distortion)"
-    assert by_dir["old_flops"].label == "ours (FLOPs target)"
-    assert (by_dir["old_flops"].target_kind, by_dir["old_flops"].target) == ("flops", 20.0)
-    assert by_dir["old_mean"].protocol == "unknown" and by_dir["mean"].protocol == "custom"
+    assert by_dir["lamp"].label == "lamp" and by_dir["lamp"].flops_kept == 0.1
+    assert by_dir["wanda"].label == "lamp (wanda)"
+    assert by_dir["lamp"].protocol == "official" and by_dir["mean"].protocol == "custom"
 
     table = report.baseline_table(runs)["resnet32_cifar10_oneshot_adamw"]
-    assert list(table.cells.columns) == ["Method", "70%", "90%", "FLOPs kept 20%",
-                                         "FLOPs kept 30%"]
+    assert list(table.cells.columns) == ["Method", "70%", "90%", "FLOPs kept 30%"]
     cells = table.cells.set_index("Method")
     assert cells.loc["ours (FLOPs target)", "FLOPs kept 30%"] == "81.00 ± 1.41"
     assert cells.loc["ours (FLOPs target)", "90%"] == "missing"
@@ -367,7 +356,7 @@ def test_new_config_keys_flops_targets_and_protocols(new_keys):
 
     paper = report.paper_table(runs)
     row = paper.data.set_index(["label", "target"]).loc[("ours (FLOPs target)", 30.0)]
-    assert row["flops_remaining"] == pytest.approx(30.0) and row["protocol"] == "official"
+    assert row["flops_kept"] == pytest.approx(30.0) and row["protocol"] == "official"
     assert row["published_dense"] == 93.99 and row["dense_gap"] == pytest.approx(-0.99)
     md = report.to_markdown(paper)
     assert "| 30.00 | 81.00 ± 1.41 | 93.00 | -12.00 | 2 |" in md
@@ -376,7 +365,6 @@ def test_new_config_keys_flops_targets_and_protocols(new_keys):
             "rd.reduction: mean (official: worst).") in md
     assert set(report.layer_table(runs)) == {"resnet32_cifar10_oneshot_adamw_s70",
                                              "resnet32_cifar10_oneshot_adamw_s90",
-                                             "resnet32_cifar10_oneshot_adamw_f20",
                                              "resnet32_cifar10_oneshot_adamw_f30"}
 
 
@@ -397,10 +385,7 @@ def test_rounds_of_a_flops_target(tmp_path):
                       pruned_top1=70.0, top1=85.0),
                  dict(round=2, target_sparsity="", target_flops_kept=0.3, achieved_sparsity=0.6,
                       pruned_top1=60.0, top1=80.0)])
-    cfg = _flops_config("ours", 0, 0.3)
-    cfg["schedule"]["name"] = "iterative"
-    _rewrite(path, cfg, target_sparsity=None, target_flops_kept=0.3, flops_remaining=None,
-             flops_kept=0.3)
+    _rewrite(path, target_sparsity=None, target_flops_kept=0.3, flops_kept=0.3)
     runs, _ = report.collect([tmp_path / "logs"])
     tables = report.rounds_table(report.load_rounds(runs))
     assert list(tables) == ["resnet32_cifar10_iterative_adamw_f30"]

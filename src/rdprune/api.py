@@ -46,7 +46,7 @@ def make_method(method: str | Any, **options: Any) -> Any:
         return method
     if method in ("ours", "ours_zerodata"):
         calibration = "synthetic" if method == "ours_zerodata" else "data"
-        return rate_distortion(name="ours", calibration=calibration, options=options)
+        return rate_distortion(name=method, calibration=calibration, options=options)
     if method in BASELINES:
         if options:
             raise UserError(f"method {method} takes no options, got {', '.join(sorted(options))}")

@@ -8,12 +8,15 @@ nothing that does not).
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from rdprune import cache
 
 from rdprune.errors import UserError
 from rdprune.schedules import schedule_targets
@@ -82,10 +85,74 @@ def finetunes(cfg: DictConfig) -> bool:
     return cfg.finetune.name != "none" and cfg.recipe.finetune_steps > 0
 
 
-def build(node: DictConfig) -> Any:
+#: config keys that do not change a run's result beyond its cell and seed (left out of
+#: :func:`config_id`): the target and seed are the cell's own, the rest is where and how it runs
+NEUTRAL = ("seed", "name", "sparsity", "flops_kept", "paths", "device", "threads", "logger",
+           "launcher", "checkpoint_every", "dataset.root", "dataset.num_workers",
+           "dataset.eval_batch_size", "dataset.download")
+
+
+def method_options(cfg: DictConfig) -> dict[str, Any]:
+    """The method's settings besides its name: its config's keys, plus ``rd.*`` for a
+    rate-distortion method (other methods do not read ``rd.*``)."""
+    node = {k: v for k, v in container(cfg.method).items() if k not in ("_target_", "name")}
+    return {**node, **container(cfg.rd)} if is_rd(cfg) else node
+
+
+def config_id(cfg: DictConfig) -> str:
+    """A digest of the resolved config without the :data:`NEUTRAL` keys: runs of one cell and
+    seed with different ``config_id`` differ in some setting (the report names such cells)."""
+    node = copy.deepcopy(cfg)
+    with open_dict(node):
+        # (del, not pop: pop would resolve the value, whose interpolation may be gone already)
+        for key in NEUTRAL + (() if is_rd(cfg) else ("rd",)):  # rd.*: RD methods only
+            parent, _, leaf = key.rpartition(".")
+            holder = OmegaConf.select(node, parent) if parent else node
+            if isinstance(holder, DictConfig) and leaf in holder:
+                del holder[leaf]
+    return cache.digest(container(node))[:12]
+
+
+def record(cfg: DictConfig) -> dict[str, Any]:
+    """What the run is, as ``metrics.json`` (and ``run.json`` while it runs) records it: the
+    report reads these fields and nothing else of the config.
+
+    Returns:
+        ``model``, ``dataset``, ``method``, ``options`` (:func:`method_options`), ``criterion``,
+        ``schedule``, ``finetune``, ``experiment``, ``seed``, ``target_sparsity`` or
+        ``target_flops_kept`` (the other None), ``precision`` and ``config_id``.
+    """
+    flops = budget_of(cfg) == "flops"
+    return {
+        "model": cfg.model_name, "dataset": cfg.dataset.name, "method": cfg.method.name,
+        "options": method_options(cfg), "criterion": cfg.prune.criterion,
+        "schedule": cfg.schedule.name, "finetune": cfg.finetune.name, "experiment": cfg.name,
+        "seed": cfg.seed, "target_sparsity": None if flops else float(cfg.sparsity),
+        "target_flops_kept": float(cfg.flops_kept) if flops else None,
+        "precision": str(cfg.precision), "config_id": config_id(cfg),
+    }
+
+
+def is_rd(cfg: DictConfig) -> bool:
+    """Whether the run's method is a rate-distortion method (it takes the ``rd.*`` options)."""
+    from hydra.utils import get_method
+
+    from rdprune.methods import rate_distortion
+
+    target = OmegaConf.select(cfg, "method._target_", default=None)
+    return target is not None and get_method(target) is rate_distortion
+
+
+def build_method(cfg: DictConfig) -> Any:
+    """The run's method from ``conf/method``; a rate-distortion method gets ``rd.*`` as its
+    options (the one place they are read; other methods ignore them, as documented there)."""
+    return build(cfg.method, options=container(cfg.rd)) if is_rd(cfg) else build(cfg.method)
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate``, but a UserError raised by the target surfaces as itself."""
     try:
-        return instantiate(node)
+        return instantiate(node, **kwargs)
     except InstantiationException as e:
         if isinstance(e.__cause__, UserError):
             raise e.__cause__ from None

@@ -14,6 +14,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+#: within-layer criteria (``prune.criterion``): which weights of a layer go first
+CRITERIA = ("magnitude",)
+
 
 def num_pruned(numel: int, sparsity: float) -> int:
     """Weights removed from a layer of ``numel`` weights at ``sparsity`` (rounded half up)."""

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from rdprune import cache
+from rdprune.config import record
 from rdprune.errors import one_line
 from rdprune.layers import unprunable_weights
 from rdprune.masks import kept_count, sparsity_of
@@ -113,30 +114,22 @@ def summary_metrics(
     layer_table: Sequence[Mapping[str, Any]],
     start: float,
 ) -> dict[str, Any]:
-    """The run's ``metrics.json``: what was run, what it reached, how long each stage took.
+    """The run's ``metrics.json``: what was run (:func:`rdprune.config.record`), what it
+    reached, how long each stage took.
 
     Args:
         cfg: the run's config.
         model: the final model.
         layers: its prunable layers.
-        dense: the dense stage's result (``source``, ``seconds``, ``top1``).
+        dense: the dense stage's result (``source``, ``key``, ``seconds``, ``top1``).
         rows: one row per pruning round (the last one is the result).
         masks: the final masks.
         layer_table: :func:`layer_rows` of the final masks.
         start: ``time.perf_counter()`` at the start of the run.
     """
     last = rows[-1]
-    flops_target = cfg.get("flops_kept") is not None
     metrics = {
-        "model": cfg.model_name,
-        "dataset": cfg.dataset.name,
-        "method": cfg.method.name,
-        "schedule": cfg.schedule.name,
-        "finetune": cfg.finetune.name,
-        "experiment": cfg.name,
-        "seed": cfg.seed,
-        "target_sparsity": None if flops_target else float(cfg.sparsity),
-        "target_flops_kept": float(cfg.flops_kept) if flops_target else None,
+        **record(cfg),
         "achieved_sparsity": sparsity_of(masks),
         "flops_kept": last["flops_kept"],
         "dense_top1": dense["top1"],
@@ -149,7 +142,7 @@ def summary_metrics(
         "kept_weights": sum(r["kept"] for r in layer_table),
         "unprunable_weights": sum(unprunable_weights(model, dict(layers)).values()),
         "dense_source": dense["source"],
-        "precision": str(cfg.precision),
+        "dense_key": dense["key"],
         "protocol": describe(cfg),
         "rounds": [dict(r) for r in rows],
         "seconds": {

@@ -22,6 +22,7 @@ checks in :mod:`rdprune.validation`, the files in :mod:`rdprune.outputs`.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -41,9 +42,12 @@ from rdprune.api import allocate, check_target, prune
 from rdprune.config import (
     budget_of,
     build,
+    build_method,
     container,
     data_identity,
     finetunes,
+    method_options,
+    record,
     schedule_factory,
     targets,
     training,
@@ -60,6 +64,7 @@ from rdprune.outputs import (
     mark_failed,
     summary_metrics,
     summary_table,
+    write_atomic,
     write_outputs,
 )
 from rdprune.train import evaluate, fit, predict
@@ -143,7 +148,7 @@ def setup(cfg: DictConfig) -> Run:
         log.warning("%s: %d weights are outside the prunable Conv2d / Linear layers (attention "
                     "projections, embeddings, ...); sparsity counts the prunable ones only",
                     cfg.model_name, outside)
-    method = build(cfg.method)
+    method = build_method(cfg)
     if budget_of(cfg) == "params":
         check_target(layers, cfg.sparsity)
     method.check(layers, targets(cfg)[-1], budget_of(cfg))
@@ -191,13 +196,16 @@ def dense_stage(run: Run) -> dict[str, Any]:
         source, seconds = "trained", result["seconds"]
         log.info("dense model %s: %s", "loaded from cache" if hit else "trained", path)
     model.to(run.device)
-    top1, eval_seconds = cached_top1(run)
-    return {"source": source, "seconds": seconds, "top1": top1, "eval_seconds": eval_seconds}
+    weights = cache.state_digest(model)
+    top1, eval_seconds = cached_top1(run, weights)
+    return {"source": source, "key": weights, "seconds": seconds, "top1": top1,
+            "eval_seconds": eval_seconds}
 
 
-def cached_top1(run: Run) -> tuple[float, float]:
-    """Test top-1 of the current model, cached by its weights and the data."""
-    key = cache.digest("top1", cache.state_digest(run.model), data_identity(run.cfg))
+def cached_top1(run: Run, weights: str) -> tuple[float, float]:
+    """Test top-1 of the current model (``weights``: its state digest), cached by its weights
+    and the data."""
+    key = cache.digest("top1", weights, data_identity(run.cfg))
 
     def measure() -> dict[str, float]:
         start = time.perf_counter()
@@ -297,7 +305,7 @@ def rounds_stage(run: Run) -> tuple[list[Round], dict[str, torch.Tensor]]:
     for index, target in enumerate(targets(cfg), start=1):
         key = cache.digest(
             "round", rdprune.__version__, cache.state_digest(run.model), masks,
-            container(cfg.method), target, budget_of(cfg), training(cfg, "finetune"),
+            cfg.method.name, method_options(cfg), target, budget_of(cfg), training(cfg, "finetune"),
             data_identity(cfg), cfg.dataset.calib_size, cfg.seed, index,
         )
         compute = functools.partial(prune_round, run, index, target, masks)
@@ -330,13 +338,18 @@ def _output_dir(cfg: DictConfig) -> Path | None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole pipeline for one config; returns the metrics (also in metrics.json).
 
-    On failure a ``FAILED`` marker with the error is left in the run directory; a later successful
-    run in the same directory (a requeued job) removes it.
+    The run directory gets ``run.json`` (:func:`rdprune.config.record`) first, ``metrics.json``
+    (the record and the results) last. On failure a ``FAILED`` marker with the error is left in
+    the run directory; a later successful run in the same directory (a requeued job) removes it.
     """
+    out = _output_dir(cfg)
     try:
+        if out is not None:  # what the run is, for the report to place a failed or killed job
+            out.mkdir(parents=True, exist_ok=True)
+            write_atomic(out / "run.json", json.dumps(record(cfg), indent=2) + "\n")
         metrics = _run(cfg)
     except BaseException as e:
-        mark_failed(_output_dir(cfg), e)
+        mark_failed(out, e)
         raise
     (Path(cfg.paths.output_dir) / "FAILED").unlink(missing_ok=True)
     return metrics

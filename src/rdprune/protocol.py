@@ -30,6 +30,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rdprune.config import is_rd
 from rdprune.published import PUBLISHED, Published
 
 
@@ -123,9 +124,6 @@ DESCRIPTION = {
     "method.name": "method",
     "method.calibration": "calibration inputs (synthetic: N(0, 1), zero-data)",
 }
-#: keys read elsewhere than their name: the RD method receives ``method.options`` (= ``${rd}``)
-READ_FROM = {"rd.grid_points": "method.options.grid_points",
-             "rd.reduction": "method.options.reduction"}
 ITERATIVE_ONLY = ("recipe.prune_amount", "recipe.rounds")
 RD_ONLY = ("dataset.calib_size", "method.calibration", *RD)
 
@@ -221,18 +219,13 @@ def _as_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
     return cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
 
 
-def is_rd(cfg: DictConfig) -> bool:
-    """Whether the config's method is a rate-distortion method (its config holds ``options``)."""
-    return OmegaConf.select(cfg, "method.options", default=None) is not None
-
-
 def compare(cfg: DictConfig | Mapping[str, Any], official: Mapping[str, Any]) -> list[Row]:
     """Each official setting against ``cfg`` (resolved); a key ``cfg`` lacks reads as null."""
     cfg = _as_config(cfg)
     iterative, rd = OmegaConf.select(cfg, "schedule.name") == "iterative", is_rd(cfg)
     rows = []
     for key, want in official.items():
-        value = OmegaConf.select(cfg, READ_FROM.get(key, key), default=None)
+        value = OmegaConf.select(cfg, key, default=None)
         if (key in ITERATIVE_ONLY and not iterative) or (key in RD_ONLY and not rd):
             rows.append(Row(key, value, want, "n/a"))
         else:
@@ -282,7 +275,7 @@ def describe(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 def experiment_name(p: Published) -> str:
     """The ``conf/experiment`` config of a published row."""
-    return f"{p.model}_{p.dataset}_{'zerodata' if p.variant == 'zero-data' else p.schedule}"
+    return f"{p.model}_{p.dataset}_{'zerodata' if p.method == 'ours_zerodata' else p.schedule}"
 
 
 #: paper experiment -> its published row (target, schedule, calibration)
@@ -295,8 +288,8 @@ def experiment_settings(p: Published) -> dict[str, Any]:
     recipe = recipe_for(p.model, p.dataset)
     assert recipe is not None, f"no recipe for published {p.model}/{p.dataset}"
     return {"schedule.name": p.schedule, "sparsity": p.sparsity / 100, "flops_kept": None,
-            "method.name": "ours",
-            "method.calibration": "synthetic" if p.variant == "zero-data" else "data",
+            "method.name": p.method,
+            "method.calibration": "synthetic" if p.method == "ours_zerodata" else "data",
             **official_settings(recipe)}
 
 

@@ -4,8 +4,7 @@ Source: the README of the official code of Xu et al. (ICCV 2023), GitHub Akimoto
 (the paper's own tables were not available).
 Units: ``sparsity`` and ``flops`` are percent (weights removed, FLOPs remaining); ``top1``,
 ``top1_std``, ``dense`` and ``diff`` are top-1 accuracy in percent; ``top1_std`` is None where no
-spread was published. ``variant`` is "" for the standard method and "zero-data" for synthetic
-calibration inputs. Model and dataset keys are the project's config names
+spread was published. ``method`` is "ours", or "ours_zerodata" for synthetic calibration inputs. Model and dataset keys are the project's config names
 (``model_name`` / ``dataset.name``), so runs match rows without translation.
 """
 
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Published:
-    """One published result of the method "ours"."""
+    """One published result of the paper's method ("ours" or "ours_zerodata")."""
 
     model: str
     dataset: str
@@ -27,7 +26,7 @@ class Published:
     top1_std: float | None
     dense: float
     diff: float
-    variant: str = ""
+    method: str = "ours"
     note: str = ""
 
 
@@ -41,7 +40,7 @@ PUBLISHED: tuple[Published, ...] = (
     Published("resnet50", "imagenet", "oneshot", 58.0, 34.5, 75.59, None, 76.14, -0.55,
               note="diff computed from the published top-1 and dense"),
     Published("resnet50", "imagenet", "oneshot", 50.0, 42.48, 75.13, None, 76.14, -1.01,
-              variant="zero-data",
+              method="ours_zerodata",
               note="schedule not stated (assumed one-shot); dense and diff assumed as one-shot"),
 )
 
@@ -71,21 +70,19 @@ DISPLAY = {
 TOLERANCE_PP = 0.5
 
 
-def match(model: str, dataset: str, schedule: str, sparsity_pct: float, method: str = "ours",
-          variant: str = "") -> Published | None:
+def match(model: str, dataset: str, schedule: str, sparsity_pct: float, method: str = "ours"
+          ) -> Published | None:
     """The published row for a reproduced cell, or None.
 
     Args:
         model, dataset, schedule: the run's config names.
         sparsity_pct: the run's target sparsity in percent.
-        method, variant: only the method "ours" has published rows; the variant must agree.
+        method: only "ours" and "ours_zerodata" have published rows.
 
     Returns:
         The closest published row within :data:`TOLERANCE_PP` percentage points, else None.
     """
-    if method != "ours":
-        return None
     rows = [p for p in PUBLISHED
-            if (p.model, p.dataset, p.schedule, p.variant) == (model, dataset, schedule, variant)
+            if (p.model, p.dataset, p.schedule, p.method) == (model, dataset, schedule, method)
             and abs(p.sparsity - sparsity_pct) <= TOLERANCE_PP]
     return min(rows, key=lambda p: abs(p.sparsity - sparsity_pct), default=None)

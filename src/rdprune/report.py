@@ -96,14 +96,13 @@ def paper_table(df: pd.DataFrame, failed: Iterable[dict[str, Any]] = ()) -> Tabl
         n, mean, std = len(top1), top1.mean(), top1.std(ddof=1)
         dense = g["dense_top1"].mean()
         pub = match(cell["model"], cell["dataset"], cell["schedule"], cell["target"],
-                    g["method"].iloc[0], g["variant"].iloc[0])
+                    g["method"].iloc[0]) if cell["label"] == g["method"].iloc[0] else None
         pub_dense = dense_top1(cell["model"], cell["dataset"])
         protocol, diffs = _protocol_cell(g)
         k_fail = int(nfail.get(key, 0))
-        row = {**cell, "method": g["method"].iloc[0], "variant": g["variant"].iloc[0],
+        row = {**cell, "method": g["method"].iloc[0],
                "sparsity": 100 * g["achieved_sparsity"].mean(),
-               "flops_remaining": g["flops_remaining"].mean() if "flops_remaining" in g
-               else np.nan, "top1_mean": mean,
+               "flops_kept": 100 * g["flops_kept"].mean(), "top1_mean": mean,
                "top1_std": std, "seeds": n, "failed": k_fail, "dense_top1": dense,
                "diff": mean - dense}
         for f in ("sparsity", "flops", "top1", "top1_std", "dense", "diff"):
@@ -120,7 +119,7 @@ def paper_table(df: pd.DataFrame, failed: Iterable[dict[str, Any]] = ()) -> Tabl
             "Model": _display(cell["model"]), "Dataset": _display(cell["dataset"]),
             "Method": cell["label"], "Schedule": cell["schedule"], "Fine-tune": cell["finetune"],
             "Sparsity (%)": num(row["sparsity"], ".2f"),
-            "FLOPs remaining (%)": num(row["flops_remaining"], ".2f"),
+            "FLOPs remaining (%)": num(row["flops_kept"], ".2f"),
             "Top-1": pm(mean, std, n), "Dense": num(dense, ".2f"),
             "diff": num(row["diff"], "+.2f"),
             "Seeds": f"{n}" + (f" ({k_fail} failed)" if k_fail else ""),
@@ -139,13 +138,14 @@ def paper_table(df: pd.DataFrame, failed: Iterable[dict[str, Any]] = ()) -> Tabl
         "Top-1: test accuracy (%) after the last round, mean ± std over seeds (std with ddof=1; "
         "a single seed shows no ±); Seeds = n. Sparsity: achieved, mean over seeds. "
         "diff = mean top-1 - mean dense top-1.",
-        "Paper columns: official README of Xu et al. (ICCV 2023), method ours, matched by model, "
-        f"dataset, schedule and target sparsity within {TOLERANCE_PP} pp; {NA} = none published.",
+        "Paper columns: official README of Xu et al. (ICCV 2023), methods ours and ours_zerodata "
+        "in their default setting, matched by model, dataset, schedule and target sparsity "
+        f"within {TOLERANCE_PP} pp; {NA} = none published.",
         "Dense: measured / paper: the mean measured dense top-1 against the published dense top-1 "
         "of the model and dataset (any method), gap in brackets.",
         "Protocol: official = the official code's recipe for the model and dataset "
         "(results/protocol.md), deliberate bug fixes aside; custom = some setting differs; "
-        "none = no official recipe; unknown = run recorded before protocols were.",
+        "none = no official recipe.",
     ]
     notes += [f"Custom protocol, {c}." for c in custom]
     return Table("Top-1 after pruning (paper layout)", pd.DataFrame(cells), pd.DataFrame(data),
@@ -166,13 +166,16 @@ def rel(path: str | os.PathLike) -> str:
 
 
 def write_failed(out: Path, failed: list[dict[str, Any]]) -> None:
-    """failed.md: each failed or incomplete job with its overrides and error message."""
+    """failed.md: each failed or incomplete job with its cell (from run.json) and message."""
     lines = ["# Failed and incomplete jobs", ""]
     if not failed:
         lines.append("None: every job found has a metrics.json.")
     for f in failed:
-        ov = " ".join(f.get("overrides") or []) or "(no overrides)"
-        lines.append(f"- **{f['status']}** `{rel(f['path'])}`  \n  overrides: `{ov}`  \n"
+        what = " / ".join(str(f[k]) for k in ("model", "dataset", "schedule", "finetune", "label")
+                          if f.get(k) is not None)
+        if f.get("target") is not None and not pd.isna(f["target"]):
+            what += f" @ {target_label(f['target'], f['target_kind'])}, seed {f.get('seed')}"
+        lines.append(f"- **{f['status']}** `{rel(f['path'])}`  \n  run: {what or 'unknown'}  \n"
                      f"  message: {f['message']}")
     (out / "failed.md").write_text("\n".join(lines) + "\n")
 
@@ -274,8 +277,7 @@ def write_report(dirs: Iterable[str | os.PathLike], out: str | os.PathLike, wand
                           **{names[m]: pd.concat([t.data for t in tabs.values()])
                              for m, tabs in base.items() if tabs})
         if failed:
-            tables["failed"] = pd.DataFrame(failed).assign(
-                overrides=[" ".join(f.get("overrides") or []) for f in failed])
+            tables["failed"] = pd.DataFrame(failed)
         if not additivity.empty:
             tables["additivity"] = additivity
         log_wandb(out, runs, tables, [out / f for f in files if f.endswith(".png")],

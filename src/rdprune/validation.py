@@ -26,8 +26,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 from rdprune.cache import writable
+from rdprune.config import is_rd
 from rdprune.errors import UserError, one_line
 from rdprune.loop import PRECISIONS
+from rdprune.masks import CRITERIA
 from rdprune.train import SCHEDULES, lr_schedule
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,9 @@ def check_config(cfg: DictConfig) -> None:
                         f"autocast), got {cfg.precision!r}")
     if cfg.get("threads") is not None:
         _number("threads", cfg.threads, lo=1, hi=math.inf, integer=True)
+    if cfg.prune.criterion not in CRITERIA:
+        raise UserError(f"prune.criterion must be one of {', '.join(CRITERIA)}, got "
+                        f"{cfg.prune.criterion!r}")
 
 
 def resolve_device(name: Any) -> torch.device:
@@ -237,7 +242,7 @@ def warn_profiling_cost(cfg: DictConfig, model: nn.Module,
                         device: torch.device) -> None:
     """Warn, with the estimated time from one timed forward, when the RD grid is far above the
     official 101 points (``calibration`` is only loaded then)."""
-    if "options" not in cfg.method:
+    if not is_rd(cfg):
         return
     grid = int(cfg.rd.grid_points)
     if grid <= 1001:  # ten times the official grid: not worth a forward pass to estimate
