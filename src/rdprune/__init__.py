@@ -9,7 +9,7 @@ Vocabulary used throughout: *sparsity* is the fraction of weights removed, in [0
 forward actually runs; a *mask* is a bool tensor shaped like the layer's weight, True = kept.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = ["__version__", "allocate", "finetune", "prune"]
 

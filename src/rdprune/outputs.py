@@ -74,6 +74,7 @@ def write_outputs(
     model: nn.Module,
     admm_rows: Sequence[Mapping[str, Any]] = (),
     curves: tuple[np.ndarray, np.ndarray] | None = None,
+    correct: np.ndarray | None = None,
 ) -> None:
     """Write every artifact of the run into ``out`` (metrics.json last).
 
@@ -87,6 +88,8 @@ def write_outputs(
         model: the final model (its state_dict loads into the unpruned architecture).
         admm_rows: ADMM residuals per iteration (``finetune=admm``).
         curves: ``(curves, grid)`` of the last round (rate-distortion methods).
+        correct: per test sample, whether the final model classifies it correctly
+            (``test_correct.npy``: the paired bootstrap of :mod:`rdprune.stats` needs it).
     """
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -97,6 +100,8 @@ def write_outputs(
     os.replace(out / "model.pt.tmp", out / "model.pt")
     if admm_rows:
         write_atomic(out / "admm.csv", to_csv(admm_rows))
+    if correct is not None:
+        np.save(out / "test_correct.npy", np.asarray(correct, dtype=bool))
     if curves is not None:
         np.savez(out / "rd_curves.npz", curves=curves[0], grid=curves[1],
                  layers=np.array([r["name"] for r in layers]),

@@ -67,7 +67,7 @@ from rdprune.outputs import (
     write_atomic,
     write_outputs,
 )
-from rdprune.train import evaluate, fit, predict
+from rdprune.train import correct, evaluate, fit, predict, top1
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class Round:
     admm: list[dict[str, Any]] = field(default_factory=list)
     curves: np.ndarray | None = None
     grid: np.ndarray | None = None
+    correct: np.ndarray | None = None  # per test sample: classified correctly after the round
 
 
 def setup(cfg: DictConfig) -> Run:
@@ -197,8 +198,8 @@ def dense_stage(run: Run) -> dict[str, Any]:
         log.info("dense model %s: %s", "loaded from cache" if hit else "trained", path)
     model.to(run.device)
     weights = cache.state_digest(model)
-    top1, eval_seconds = cached_top1(run, weights)
-    return {"source": source, "key": weights, "seconds": seconds, "top1": top1,
+    accuracy, eval_seconds = cached_top1(run, weights)
+    return {"source": source, "key": weights, "seconds": seconds, "top1": accuracy,
             "eval_seconds": eval_seconds}
 
 
@@ -254,7 +255,8 @@ def prune_round(run: Run, index: int, target: float, masks: dict[str, torch.Tens
     admm_seconds = time.perf_counter() - start
     new = prune(model, alloc, masks)  # pruned weights stay pruned, whatever the allocation says
     distortion = joint(reference, predict(model, calib, bs, run.device))
-    pruned_top1 = evaluate(model, run.data, run.device)
+    flags = correct(model, run.data, run.device)
+    pruned_top1 = top1(flags)
 
     start = time.perf_counter()
     history = []
@@ -272,7 +274,8 @@ def prune_round(run: Run, index: int, target: float, masks: dict[str, torch.Tens
         )
         ckpt.unlink(missing_ok=True)
     ft_seconds = time.perf_counter() - start
-    top1 = evaluate(model, run.data, run.device) if finetunes(cfg) else pruned_top1
+    if finetunes(cfg):
+        flags = correct(model, run.data, run.device)
     check_masks(layers, new, f"after fine-tuning round {index}")
 
     densities = [1.0 - s for s in layer_sparsities(new)]
@@ -283,7 +286,7 @@ def prune_round(run: Run, index: int, target: float, masks: dict[str, torch.Tens
         "achieved_sparsity": sparsity_of(new),
         "flops_kept": flops_kept([run.macs[k] for k in layers], densities),
         "pruned_top1": pruned_top1,
-        "top1": top1,
+        "top1": top1(flags),
         "joint_distortion_mean": distortion["mean"],
         "joint_distortion_worst": distortion["worst"],
         "allocate_seconds": alloc_seconds,
@@ -294,7 +297,7 @@ def prune_round(run: Run, index: int, target: float, masks: dict[str, torch.Tens
     return Round(index=index, row=row,
                  state={k: v.detach().cpu() for k, v in model.state_dict().items()},
                  masks={k: v.cpu() for k, v in new.items()}, history=history, admm=admm_rows,
-                 curves=alloc.curves, grid=alloc.grid)
+                 curves=alloc.curves, grid=alloc.grid, correct=flags.numpy())
 
 
 def rounds_stage(run: Run) -> tuple[list[Round], dict[str, torch.Tensor]]:
@@ -368,7 +371,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
                                   masks, rows, wall)
         last = rounds[-1]
         write_outputs(run.out_dir, cfg, metrics, [r.row for r in rounds], rows, masks,
-                      run.model, admm_rows=last.admm,
+                      run.model, admm_rows=last.admm, correct=last.correct,
                       curves=(last.curves, last.grid) if last.curves is not None else None)
         run.logger.summary(metrics, rows)
         ok = True

@@ -21,7 +21,8 @@ from rdprune.errors import UserError
 from rdprune.loop import TrainingDivergedError, run_steps
 from rdprune.progress import bar as progress_bar
 
-__all__ = ["SCHEDULES", "TrainingDivergedError", "evaluate", "fit", "lr_schedule", "predict"]
+__all__ = ["SCHEDULES", "TrainingDivergedError", "correct", "evaluate", "fit", "lr_schedule",
+           "predict", "top1"]
 
 #: learning-rate schedules of ``recipe.dense_schedule`` / ``recipe.finetune_schedule``
 SCHEDULES = ("constant", "cosine")
@@ -128,20 +129,32 @@ def predict(
 
 
 @torch.inference_mode()
+def correct(
+    model: nn.Module, data: Splits, device: torch.device | str = "cpu", split: str = "test",
+    progress: bool = False,
+) -> torch.Tensor:
+    """Whether each sample of a split is classified correctly (top-1): a bool tensor ``[N]``, in
+    the split's order (eval mode, restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for x, y in progress_bar(data.loader(getattr(data, split)), desc=f"eval {split}",
+                                 disable=not progress):
+            out.append(model(x.to(device)).argmax(1).cpu() == y)
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+def top1(flags: torch.Tensor) -> float:
+    """Top-1 accuracy in percent of :func:`correct`'s flags (nan for an empty split)."""
+    return 100.0 * int(flags.sum()) / len(flags) if len(flags) else math.nan
+
+
 def evaluate(
     model: nn.Module, data: Splits, device: torch.device | str = "cpu", split: str = "test",
     progress: bool = False,
 ) -> float:
     """Top-1 accuracy in percent on a split (eval mode, restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    try:
-        for x, y in progress_bar(data.loader(getattr(data, split)), desc=f"eval {split}",
-                                 disable=not progress):
-            pred = model(x.to(device)).argmax(1).cpu()
-            correct += int((pred == y).sum())
-            total += len(y)
-    finally:
-        model.train(was_training)
-    return 100.0 * correct / total if total else math.nan
+    return top1(correct(model, data, device, split, progress))
