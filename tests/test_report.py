@@ -148,13 +148,18 @@ def test_baseline_table_exact(logs):
     tables = report.baseline_table(runs, "top1", failed)
     assert set(tables) == {"resnet32_digits_oneshot_adamw", "resnet32_cifar10_iterative_adamw"}
     md = report.to_markdown(tables["resnet32_digits_oneshot_adamw"])
+    # bold and ≈ follow the tie rule over runs sharing seed and dense model (dense-<seed>):
+    # 90%: ours - lamp = 2, 2 (seeds 0, 1): interval [2, 2] excludes 0, ours best (bold);
+    # 50%: lamp - ours = 1, 1 excludes 0, but lamp - global_magnitude is one pair without
+    # per-sample data (no interval): lamp, the leader, and global_magnitude are tied
     assert lines_of(md, "resnet32 / digits / oneshot / adamw") == [
         "| Method | 50% | 90% |",
         "|---|---:|---:|",
         "| ours | 95.50 ± 0.71 | **91.00 ± 1.00** |",
-        "| lamp | **97.00 ± 1.00** | 88.50 ± 0.71 |",
-        "| global_magnitude | 94.25 | missing |",
+        "| lamp | ≈ 97.00 ± 1.00 | 88.50 ± 0.71 |",
+        "| global_magnitude | ≈ 94.25 | missing |",
     ]
+    assert "Student t over n=2 paired seeds" in md and "in bold only when the 95% interval" in md
     assert "missing: no completed run for global_magnitude @ 90%." in md
     assert "ours @ 50% (1), lamp @ 90% (1)" in md
     data = tables["resnet32_digits_oneshot_adamw"].data
@@ -164,8 +169,11 @@ def test_baseline_table_exact(logs):
     dist = report.baseline_table(runs, "joint_distortion_worst", failed)
     md = report.to_markdown(dist["resnet32_digits_oneshot_adamw"])
     rows = lines_of(md, "resnet32 / digits / oneshot / adamw")
-    assert rows[2] == "| ours | **1** | **0.2** |"  # lower is better; ties are all bold
-    assert rows[3] == "| lamp | **1** | 0.6 |"
+    # 90%: ours - lamp = -0.4, -0.5: mean -0.45, sd 0.0707, t(0.975, 1) = 12.706 -> half 0.635,
+    # [-1.085, 0.185] includes 0: tied; 50%: every distortion is 1, differences 0: all tied
+    assert rows[2] == "| ours | ≈ 1 | ≈ 0.2 |"  # lower is better, no evidence either way
+    assert rows[3] == "| lamp | ≈ 1 | ≈ 0.6 |"
+    assert rows[4] == "| global_magnitude | ≈ 1 | missing |"
     assert "lower is better" in md
 
 
@@ -192,7 +200,7 @@ def test_layer_table_and_latex_escaping(logs):
     assert t.cells.iloc[-1].tolist()[:4] == ["all layers", "", "", "7664"]
     assert t.cells.iloc[-1, 4] == f"{100 * (1 - 836 / 7664):.2f}"
     tex = report.to_latex(report.baseline_table(runs)["resnet32_digits_oneshot_adamw"])
-    assert r"global\_magnitude & 94.25 & missing \\" in tex
+    assert r"global\_magnitude & $\approx$ 94.25 & missing \\" in tex
     assert r"\textbf{91.00 $\pm$ 1.00}" in tex and r"50\% & 90\%" in tex
     body = [ln for ln in tex.splitlines() if not ln.startswith(r"\label")]  # labels may hold _
     assert r"\toprule" in body and r"\bottomrule" in body
@@ -222,7 +230,7 @@ def test_cli_writes_every_file(logs, tmp_path, capsys, monkeypatch):
     assert report.main([str(logs), "--out", "results/fixture"]) == 0
     out = tmp_path / "results" / "fixture"
     assert "13 runs, 3 failed (1 of them incomplete), 1 superseded" in capsys.readouterr().out
-    for name in ("paper_table", "baselines", "baselines_distortion", "layer_sparsity",
+    for name in ("paper_table", "baselines", "baselines_distortion", "paired", "layer_sparsity",
                  "additivity", "rounds"):
         for ext in ("md", "tex", "csv"):
             assert (out / f"{name}.{ext}").stat().st_size > 0, (name, ext)
@@ -271,7 +279,7 @@ def test_wandb_path(logs, tmp_path, monkeypatch, mode):
     assert report.main([str(logs / "sweep"), "--out", str(out), "--wandb", "--group", "g"]) == 0
     if mode == "offline":  # the report run holds the tables, written locally for `wandb sync`
         tables = {p.name.split("_")[0] for p in out.glob("wandb/offline-run-*/files/media/table/*")}
-        assert {"runs", "paper", "baselines", "layer", "failed"} <= tables
+        assert {"runs", "paper", "baselines", "paired", "layer", "failed"} <= tables
 
 
 def test_published_match_tolerance_and_method():
@@ -350,7 +358,9 @@ def test_new_config_keys_flops_targets_and_protocols(new_keys):
     cells = table.cells.set_index("Method")
     assert cells.loc["ours (FLOPs target)", "FLOPs kept 30%"] == "81.00 ± 1.41"
     assert cells.loc["ours (FLOPs target)", "90%"] == "missing"
-    assert cells.loc["lamp", "90%"] == "84.00" and cells.loc["lamp", "FLOPs kept 30%"] == "missing"
+    # lamp against ours (mean distortion), 85.00: one pair without per-sample data, tied
+    assert cells.loc["lamp", "90%"] == "≈ 84.00"
+    assert cells.loc["lamp", "FLOPs kept 30%"] == "missing"
     flops = table.data[table.data.column == "FLOPs kept 30%"]
     assert flops["target_sparsity"].isna().all() and (flops["target_flops_kept"] == 30).all()
 
@@ -393,3 +403,103 @@ def test_rounds_of_a_flops_target(tmp_path):
                      "resnet32 / cifar10 / iterative / adamw to FLOPs kept 30%")
     assert lines[0] == "| Method | r1 (FLOPs kept 60%) | r2 (FLOPs kept 30%) |"
     assert lines[2] == "| ours (FLOPs target) | 70.00 → 85.00 | 60.00 → 80.00 |"
+
+
+@pytest.fixture
+def paired_logs(tmp_path):
+    """Four seeds of ours and lamp at 50% and 90% (dense-<seed>); global_magnitude at 50% with
+    one seed; seed 0's runs at 50% save per-sample correctness (1,000 test samples)."""
+    root = tmp_path / "logs"
+    top1 = {("ours", 0.5): [91.0, 92.0, 93.0, 94.0], ("lamp", 0.5): [90.0, 90.0, 90.0, 91.0],
+            ("global_magnitude", 0.5): [89.0],
+            ("ours", 0.9): [80.0, 83.0, 81.0, 79.0], ("lamp", 0.9): [81.0, 80.0, 80.0, 81.0]}
+    for (method, s), values in top1.items():
+        for seed, v in enumerate(values):
+            path = root / f"{method}_{s}_{seed}"
+            make_run(path, method=method, sparsity=s, seed=seed, top1=v, dense=97.5)
+            if s == 0.5 and seed == 0:  # correct on the first 10 * top1 of 1,000 samples
+                np.save(path / "test_correct.npy", np.arange(1000) < round(10 * v))
+    return root
+
+
+def test_paired_table_exact(paired_logs):
+    runs, _ = report.collect([paired_logs])
+    table = report.paired_table(runs)["resnet32_digits_oneshot_adamw"]
+    md = report.to_markdown(table)
+    # reference: the best baseline per column, lamp (50%: 90.25 > 89; 90%: the only one).
+    # 50%: ours - lamp = 1, 2, 3, 3: mean 2.25, sd sqrt(2.75 / 3) = 0.9574, se 0.4787,
+    #   t(0.975, 3) = 3.1824 -> half 1.5235: [0.73, 3.77]; global_magnitude - lamp: one pair
+    #   with per-sample data: 10 samples only lamp gets right -> -1.00, bootstrap
+    # 90%: ours - lamp = -1, 3, 1, -2: mean 0.25, sd sqrt(14.75 / 3) = 2.2174, se 1.1087,
+    #   half 3.5283: [-3.28, 3.78], includes 0: ours (leader) and lamp tied
+    # tie rule at 50%: ours - lamp excludes 0; ours - global_magnitude (seed 0): 20 samples
+    #   only ours gets right, bootstrap about [1.2, 2.9], excludes 0: ours best (bold)
+    rows = lines_of(md, "resnet32 / digits / oneshot / adamw")
+    assert rows[0] == "| Method | 50% | 90% |"
+    assert rows[2] == ("| ours | **Δ +2.25 [+0.73, +3.77] (n=4)** | "
+                       "≈ Δ +0.25 [−3.28, +3.78] (n=4) |")
+    assert rows[3] == "| lamp | reference: 90.25 | ≈ reference: 80.50 |"
+    assert rows[4].startswith("| global_magnitude | Δ −1.00 [−")
+    assert rows[4].endswith("] (n=1, bootstrap) | missing |")
+    gm = table.data.set_index(["method", "column"]).loc[("global_magnitude", "50%")]
+    # -0.1 x Binomial(1000, 0.01): mean -1.0, sd 0.31; 95% of it within about [-1.6, -0.4]
+    assert (gm["interval"], gm["samples"], gm["pairs"]) == ("bootstrap", 1000, 1)
+    assert -1.8 <= gm["low"] <= -1.5 and -0.6 <= gm["high"] <= -0.3
+    assert "Reference: the best baseline of each column" in md and "50%: lamp; 90%: lamp" in md
+    assert "Student t over n=4 paired seeds" in md
+    assert "bootstrap over 1,000 test samples (one pair; 10,000 resamples" in md
+    assert "Tie rule:" in md
+    tex = report.to_latex(table)
+    assert r"\textbf{$\Delta$ +2.25 [+0.73, +3.77] (n=4)}" in tex
+    assert r"$\approx$ $\Delta$ +0.25 [$-$3.28, +3.78] (n=4)" in tex
+
+    base = report.baseline_table(runs)["resnet32_digits_oneshot_adamw"]
+    rows = lines_of(report.to_markdown(base), "resnet32 / digits / oneshot / adamw")
+    assert rows[2] == "| ours | **92.50 ± 1.29** | ≈ 80.75 ± 1.71 |"
+    assert rows[3] == "| lamp | 90.25 ± 0.50 | ≈ 80.50 ± 0.58 |"
+    assert rows[4] == "| global_magnitude | 89.00 | missing |"
+
+
+def test_paired_table_named_reference(paired_logs):
+    runs, _ = report.collect([paired_logs])
+    cells = report.paired_table(runs, reference="global_magnitude")[
+        "resnet32_digits_oneshot_adamw"]
+    md = report.to_markdown(cells)
+    rows = lines_of(md, "resnet32 / digits / oneshot / adamw")
+    # 90% has no global_magnitude run: that column says so (the tie rule still marks ties)
+    assert rows[3].startswith("| lamp | Δ +1.00 [+") and rows[3].endswith("| ≈ no reference |")
+    assert "No run of the reference global_magnitude at 90%." in md
+
+
+def test_cli_reference(paired_logs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert report.main([str(paired_logs), "--out", str(out), "--reference", "ours"]) == 0
+    md = (out / "paired.md").read_text()
+    rows = lines_of(md, "resnet32 / digits / oneshot / adamw")
+    # lamp - ours = -(1, 2, 3, 3) at 50%: the mirror of ours - lamp
+    assert rows[2] == "| ours | **reference: 92.50** | ≈ reference: 80.75 |"
+    assert rows[3].startswith("| lamp | Δ −2.25 [−3.77, −0.73] (n=4) |")
+    assert "Reference: ours in every column." in md
+    data = __import__("pandas").read_csv(out / "paired.csv")
+    assert set(data["reference"]) == {"ours"}
+    assert "`paired.md`" in (out / "README.md").read_text()
+    assert report.main([str(paired_logs), "--out", str(tmp_path / "o2"),
+                        "--reference", "lmap"]) == 2
+    assert "--reference 'lmap' is no method label" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()  # nothing written for a typo
+
+
+def test_unpaired_runs_are_not_compared(paired_logs):
+    path = paired_logs / "erk"  # another dense model: pairs with no run
+    make_run(path, method="erk", sparsity=0.9, seed=0, top1=70.0, dense=97.5)
+    _rewrite(path, dense_key="another dense model")
+    runs, _ = report.collect([paired_logs])
+    md = report.to_markdown(report.baseline_table(runs)["resnet32_digits_oneshot_adamw"])
+    rows = lines_of(md, "resnet32 / digits / oneshot / adamw")
+    assert rows[2:4] == ["| ours | **92.50 ± 1.29** | ≈ 80.75 ± 1.71 |",
+                         "| lamp | 90.25 ± 0.50 | ≈ 80.50 ± 0.58 |"]  # erk changes no verdict
+    assert rows[5] == "| erk | missing | 70.00 |"
+    assert "Not compared with the column's leader (no run sharing its seed and dense model): " \
+           "erk @ 90%." in md
+    paired = report.to_markdown(report.paired_table(runs)["resnet32_digits_oneshot_adamw"])
+    assert "| erk | missing | not paired |" in paired and "erk @ 90%." in paired

@@ -9,7 +9,10 @@ DataFrame (one row per run) and writes, as Markdown, LaTeX (booktabs) and CSV:
   measured dense top-1 against the published one, and the protocol that produced the runs
   (:mod:`rdprune.protocol`: official, custom, none; unknown for runs older than the record);
 - ``baselines`` / ``baselines_distortion[_mean]``: methods x targets per (model, dataset,
-  schedule, fine-tune) group, best per column in bold, absent cells "missing" (never 0);
+  schedule, fine-tune) group, absent cells "missing" (never 0), bold = best under the paired
+  tie rule of :mod:`rdprune.stats` (≈: tied with the column's leader);
+- ``paired``: each method's top-1 minus a reference's (``--reference``; default the best
+  baseline of each column) over runs sharing seed and dense model, with 95% intervals;
 - ``layer_sparsity``: per-layer sparsity (%) by method, per group and target;
 - ``rounds`` (iterative runs only): top-1 after pruning and after fine-tuning, round by round;
 
@@ -18,7 +21,7 @@ command. Statistics: mean over seeds, std with ddof=1, no ± for a single seed. 
 and seed appear twice (a re-run), only the newest run counts (``superseded`` in ``runs.csv``);
 cells that average runs of different configs are named in README.md.
 
-A little over 300 lines: the paper table (with its published, dense and protocol columns) and the
+About 360 lines: the paper table (with its published, dense and protocol columns) and the
 command that writes everything; the other tables are in :mod:`rdprune.tables`.
 """
 
@@ -56,6 +59,7 @@ from rdprune.tables import (  # noqa: F401 - re-exported for callers of the repo
     baseline_table,
     layer_table,
     num,
+    paired_table,
     pct,
     pm,
     rounds_table,
@@ -210,8 +214,11 @@ def log_wandb(out: Path, runs: pd.DataFrame, tables: dict[str, pd.DataFrame],
 
 def write_report(dirs: Iterable[str | os.PathLike], out: str | os.PathLike, wandb: bool = False,
                  project: str = "rdprune", group: str | None = None,
-                 command: str | None = None) -> dict[str, Any]:
+                 command: str | None = None, reference: str | None = None) -> dict[str, Any]:
     """Collect the runs below ``dirs`` and write every table, figure and README.md into ``out``.
+
+    ``reference``: the method label the paired table compares against in every column; None:
+    each column's best baseline.
 
     Returns:
         ``{"runs", "failed", "files"}``: the runs DataFrame, the failed jobs, the file names.
@@ -223,6 +230,10 @@ def write_report(dirs: Iterable[str | os.PathLike], out: str | os.PathLike, wand
     additivity = collect_additivity(dirs)
     if runs.empty and not failed and additivity.empty:
         raise UserError(f"no run directories (metrics.json or .hydra/) found under {dirs}")
+    labels = sorted(set(runs["label"]), key=method_rank) if not runs.empty else []
+    if reference is not None and reference not in labels:  # a typo: fail before writing
+        raise UserError(f"--reference {reference!r} is no method label of the runs (labels: "
+                        f"{', '.join(labels) or 'none'})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files: list[str] = []
@@ -237,6 +248,9 @@ def write_report(dirs: Iterable[str | os.PathLike], out: str | os.PathLike, wand
                  "joint_distortion_mean": "baselines_distortion_mean"}
         for m, tabs in base.items():
             files += write_tables(out, names[m], list(tabs.values()), f"Baselines: {m}")
+        paired = paired_table(runs, "top1", reference)
+        files += write_tables(out, "paired", list(paired.values()),
+                              "Paired differences against a reference: top1")
         layers = load_layers(runs)
         files += write_tables(out, "layer_sparsity", list(layer_table(runs, layers).values()),
                               "Per-layer sparsity (%) by method")
@@ -273,6 +287,8 @@ def write_report(dirs: Iterable[str | os.PathLike], out: str | os.PathLike, wand
         if not runs.empty:
             if not rounds.empty:
                 tables["rounds"] = rounds
+            if paired:
+                tables["paired"] = pd.concat([t.data for t in paired.values()])
             tables.update(paper_table=paper.data, layer_sparsity=layers,
                           **{names[m]: pd.concat([t.data for t in tabs.values()])
                              for m, tabs in base.items() if tabs})
@@ -293,6 +309,8 @@ DESCRIPTIONS = {
     "baselines": "top-1 per method x target sparsity, per model/dataset/schedule/fine-tune",
     "baselines_distortion": "the same with the joint distortion (worst case), lower is better",
     "baselines_distortion_mean": "the same with the joint distortion (mean MSE)",
+    "paired": "top-1 of each method minus a reference's (best baseline per column or "
+              "--reference) over runs sharing seed and dense model, 95% intervals, tie rule",
     "layer_sparsity": "per-layer sparsity (%) by method",
     "rounds": "iterative runs round by round: top-1 after pruning and after fine-tuning",
     "additivity": "joint vs summed single-layer distortions",
@@ -327,12 +345,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wandb", action="store_true", help="also log the tables to W&B")
     p.add_argument("--wandb-project", default="rdprune", help="W&B project")
     p.add_argument("--group", default=None, help="W&B group (default: the runs' experiment)")
+    p.add_argument("--reference", default=None, metavar="LABEL",
+                   help="method label the paired table compares against (default: the best "
+                        "baseline of each column)")
     args = p.parse_args(argv)
     command = "python -m rdprune.report " + shlex.join(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         write_report(args.dirs, args.out, wandb=args.wandb, project=args.wandb_project,
-                     group=args.group, command=command)
+                     group=args.group, command=command, reference=args.reference)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,23 +1,35 @@
 """The report's tables: built from the runs frame (:mod:`rdprune.runs`), rendered as Markdown,
 LaTeX and CSV (display strings with bold cells and notes).
 
-Builders here: methods x targets (:func:`baseline_table`), per-layer sparsities
+Builders here: methods x targets (:func:`baseline_table`), each method against a reference
+over paired runs (:func:`paired_table`, statistics in :mod:`rdprune.stats`), per-layer sparsities
 (:func:`layer_table`), iterative rounds (:func:`rounds_table`) and additivity; the paper-layout
 table, which sets runs beside the published numbers, is :func:`rdprune.report.paper_table`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
 from rdprune.runs import CELL, GROUP, complete, load_layers, method_rank, target_label
+from rdprune.stats import (
+    LEVEL,
+    OURS,
+    TIE_RULE,
+    Interval,
+    compare,
+    interval_note,
+    reference_for,
+    tie_rule,
+)
 
 MISSING, NA = "missing", "–"
+TIED = "≈"  # marks a cell tied with its column's leader under the tie rule (rdprune.stats)
 
 
 @dataclass
@@ -45,7 +57,7 @@ def pm(mean: float, std: float, n: int, digits: int = 2) -> str:
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
         "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
         "±": r"$\pm$", "–": "--", "≥": r"$\geq$", "×": r"$\times$",
-        "→": r"$\rightarrow$"}
+        "→": r"$\rightarrow$", "≈": r"$\approx$", "Δ": r"$\Delta$", "−": "$-$"}
 
 
 def tex_escape(text: Any) -> str:
@@ -117,13 +129,30 @@ METRICS = {
 }
 
 
+def _targets(g: pd.DataFrame) -> tuple[list[tuple[float, str]], dict[tuple[float, str], str]]:
+    """The (target, kind) columns of a group's runs, sparsity targets first, and their heads
+    (a FLOPs target reads "FLOPs kept x%")."""
+    targets = sorted(set(zip(g["target"], g["target_kind"])),
+                     key=lambda tk: (tk[1] != "sparsity", tk[0]))
+    return targets, {tk: target_label(*tk) for tk in targets}
+
+
+def _not_compared(verdicts: pd.DataFrame | None) -> list[str]:
+    """A note naming the cells the tie rule could not compare with their column's leader."""
+    cells = ([] if verdicts is None else [f"{r.label} @ {r.column}" for r in
+                                          verdicts.itertuples() if r.status == "not compared"])
+    return ["Not compared with the column's leader (no run sharing its seed and dense model): "
+            + ", ".join(cells) + "."] if cells else []
+
+
 def baseline_table(df: pd.DataFrame, metric: str = "top1",
                    failed: Iterable[dict[str, Any]] = ()) -> dict[str, Table]:
     """Methods x targets, one table per (model, dataset, schedule, fine-tune) group.
 
     A cell no completed run fills (the method lacks that target, or its jobs failed) reads
-    ``missing``; the best value per column (of at least two) is bold. Columns are target
-    sparsities, then FLOPs targets ("FLOPs kept x%").
+    ``missing``. Bold: the column's best under the paired tie rule (:func:`rdprune.stats.
+    tie_rule`); ``≈``: tied with the column's leader. Columns are target sparsities, then FLOPs
+    targets ("FLOPs kept x%").
 
     Returns:
         ``{group slug: Table}``, e.g. ``{"resnet32_digits_oneshot_adamw": ...}``.
@@ -143,10 +172,7 @@ def baseline_table(df: pd.DataFrame, metric: str = "top1",
         stats = (sel.groupby(["label", "target", "target_kind"])[metric].agg(agg) if len(sel)
                  else pd.DataFrame(columns=agg))
         labels = sorted(g["label"].unique(), key=method_rank)
-        # one column per target, sparsity targets first; a FLOPs target reads "FLOPs kept x%"
-        targets = sorted(set(zip(g["target"], g["target_kind"])),
-                         key=lambda tk: (tk[1] != "sparsity", tk[0]))
-        heads = {tk: target_label(*tk) for tk in targets}
+        targets, heads = _targets(g)
         data, cells, bold, seeds, missing, failures = [], [], set(), {}, [], []
         for lab in labels:
             cells.append({"Method": lab})
@@ -172,28 +198,122 @@ def baseline_table(df: pd.DataFrame, metric: str = "top1",
                     seeds[(lab, head)] = n
         table = pd.DataFrame(cells, columns=["Method", *heads.values()])
         data = pd.DataFrame(data)
-        for head in heads.values():
-            col = data[(data.column == head) & (data.seeds > 0)]
-            if len(col) >= 2:
-                shown = col["mean"].map(lambda v: float(fmt.format(v)))
-                best = shown.max() if higher else shown.min()
-                for lab in col.loc[shown == best, "method"]:
-                    bold.add((labels.index(lab), head))
-        data["best"] = [(labels.index(r.method), r.column) in bold for r in data.itertuples()]
+        # bold = best under the paired tie rule, not merely the best mean: seeds and dense
+        # models vary more than methods differ, so a best mean alone is not evidence
+        verdicts = pd.concat([tie_rule(sel[(sel.target == t) & (sel.target_kind == kind)],
+                                       metric).assign(column=heads[(t, kind)])
+                              for t, kind in targets]).reset_index() if len(sel) else None
+        status = ({} if verdicts is None else
+                  {(r.label, r.column): r.status for r in verdicts.itertuples()})
+        data["status"] = [status.get((r.method, r.column), "") for r in data.itertuples()]
+        for r in data.itertuples():
+            i = labels.index(r.method)
+            if r.status == "best":
+                bold.add((i, r.column))
+            elif r.status == "tied":
+                table.loc[i, r.column] = f"{TIED} {table.loc[i, r.column]}"
+        data["best"] = data["status"] == "best"
         counts = sorted(set(seeds.values()))
         common = max(counts, key=list(seeds.values()).count) if counts else 0
         notes = [f"{what}" + (", mean ± std over seeds (ddof=1; one seed: no ±)" if with_std
-                              else "") + f"; {'higher' if higher else 'lower'} is better, "
-                 "best per column in bold.",
+                              else "") + f"; {'higher' if higher else 'lower'} is better.",
+                 TIE_RULE.replace("best (bold)", "in bold"),
+                 "Intervals: none (no runs)." if verdicts is None else interval_note(verdicts),
                  f"Seeds per cell: n={common}" + "".join(
                      f"; {lab} @ {head}: n={n}" for (lab, head), n in seeds.items()
-                     if n != common) + "."]
+                     if n != common) + ".", *_not_compared(verdicts)]
         if missing:
             notes.append(f"{MISSING}: no completed run for " + ", ".join(missing) + ".")
         if failures:
             notes.append("Failed or incomplete jobs (see failed.md): " + ", ".join(failures) + ".")
         title = " / ".join(str(k) for k in gkey)
         out[slug] = Table(title, table, data, bold, notes, left=1, key=slug)
+    return out
+
+
+def signed(x: float, spec: str = ".2f") -> str:
+    """``x`` with its sign and a true minus: ``+0.42``, ``−0.10``."""
+    return format(x, "+" + spec).replace("-", "−")
+
+
+def _paired_cell(iv: Interval, spec: str) -> str:
+    """``Δ +0.42 [−0.10, +0.94] (n=10)``; a bootstrap says so, a pair without interval too."""
+    if iv.pairs == 0:
+        return "not paired"
+    bounds = ("" if iv.interval == "none" else
+              f" [{signed(iv.low, spec)}, {signed(iv.high, spec)}]")
+    how = {"t": "", "bootstrap": ", bootstrap", "none": ", no interval"}[iv.interval]
+    return f"Δ {signed(iv.diff, spec)}{bounds} (n={iv.pairs}{how})"
+
+
+def paired_table(df: pd.DataFrame, metric: str = "top1",
+                 reference: str | None = None) -> dict[str, Table]:
+    """Each method against a reference: methods x targets, one table per group.
+
+    A cell reads ``Δ +0.42 [−0.10, +0.94] (n=10)``: the mean paired difference method minus
+    reference over n pairs (runs sharing seed and dense model) with its 95% interval
+    (:func:`rdprune.stats.compare`); the reference's own cell reads ``reference: <mean>``. Bold
+    and ``≈``: the tie rule among all methods of the column, as in :func:`baseline_table`.
+
+    Args:
+        df: the runs (:func:`rdprune.runs.collect`).
+        metric: the metric compared.
+        reference: the reference label in every column; None: each column's best baseline.
+
+    Returns:
+        ``{group slug: Table}``.
+    """
+    what, _, fmt, _ = METRICS.get(metric, (metric, True, "{:.4g}", True))
+    spec = fmt[2:-1]  # "{:.2f}" -> ".2f"
+    runs = complete(df)
+    out: dict[str, Table] = {}
+    if runs.empty:
+        return out
+    for gkey, sel in runs.dropna(subset=["target"]).groupby(GROUP, sort=True):
+        slug = "_".join(str(k) for k in gkey)
+        labels = sorted(sel["label"].unique(), key=method_rank)
+        targets, heads = _targets(sel)
+        cells = pd.DataFrame({"Method": labels, **{h: MISSING for h in heads.values()}})
+        data, bold, verdicts, refs, absent = [], set(), [], {}, []
+        for (t, kind), head in heads.items():
+            column = sel[(sel.target == t) & (sel.target_kind == kind)]
+            verdict = tie_rule(column, metric)
+            verdicts.append(verdict.assign(column=head))
+            ref = refs[head] = reference_for(column, metric, reference)
+            if ref is None:
+                absent.append(head)
+            for i, lab in enumerate(labels):
+                if lab not in verdict.index:
+                    continue
+                mean, status = verdict.at[lab, "mean"], verdict.at[lab, "status"]
+                iv = compare(column, lab, ref, metric) if ref not in (None, lab) else Interval()
+                text = ("no reference" if ref is None else f"reference: {fmt.format(mean)}"
+                        if lab == ref else _paired_cell(iv, spec))
+                cells.loc[i, head] = f"{TIED} {text}" if status == "tied" else text
+                if status == "best":
+                    bold.add((i, head))
+                data.append({**dict(zip(GROUP, gkey)), "method": lab, "reference": ref,
+                             "target_sparsity": t if kind == "sparsity" else np.nan,
+                             "target_flops_kept": t if kind == "flops" else np.nan,
+                             "column": head, "metric": metric, "mean": mean,
+                             **asdict(iv), "status": status})
+        data = pd.DataFrame(data)
+        compared = data[data["reference"].notna() & (data["method"] != data["reference"])]
+        named = (f"{reference} in every column" if reference is not None else
+                 "the best baseline of each column (best mean among methods not starting with "
+                 f"{OURS!r})" + "".join(f"; {h}: {r}" for h, r in refs.items() if r))
+        notes = [f"{what}: mean paired difference method − reference (runs sharing seed and "
+                 f"dense model) with its {LEVEL:.0%} interval, n = pairs; not paired = no run "
+                 f"sharing seed and dense model with the reference. Reference: {named}.",
+                 interval_note(compared, "Intervals against the reference"),
+                 TIE_RULE.replace("best (bold)", "in bold"),
+                 interval_note(pd.concat(verdicts), "Intervals of the tie rule"),
+                 *_not_compared(pd.concat(verdicts).reset_index())]
+        if absent:
+            notes.append((f"No run of the reference {reference}" if reference is not None else
+                          "No baseline run (no reference)") + " at " + ", ".join(absent) + ".")
+        out[slug] = Table(" / ".join(str(k) for k in gkey), cells, data, bold, notes, left=1,
+                          key=slug)
     return out
 
 
