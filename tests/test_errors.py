@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from rdprune.errors import UserError
+import rdprune
+from rdprune.errors import UserError, UserFileNotFoundError, UserTypeError
 from rdprune.pipeline import run
 
 
@@ -75,3 +77,25 @@ def test_checkpoint_of_another_architecture(tiny_config, tmp_path):
 def test_a_recipe_without_an_optimizer_fails_before_training(tiny_config, tmp_path):
     assert_clean_failure(tiny_config("finetune=adamw", "finetune.optimizer=null"), tmp_path,
                          "finetune.optimizer must be a _target_")
+
+
+def test_errors_are_the_standard_exception_types(tmp_path):
+    """A caller's ``except ValueError`` / ``TypeError`` / ``FileNotFoundError`` catches them;
+    run.py catches them all as UserError (exit code 2)."""
+    assert issubclass(UserTypeError, UserError) and issubclass(UserFileNotFoundError, UserError)
+    assert (rdprune.UserError, rdprune.UserTypeError, rdprune.UserFileNotFoundError) == (
+        UserError, UserTypeError, UserFileNotFoundError)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    calib = torch.randn(8, 4)
+    with pytest.raises(ValueError, match="sparsity must be in"):
+        rdprune.allocate(model, calib=calib, sparsity=1.0, method="uniform")
+    with pytest.raises(TypeError, match="calib must be a tensor or a DataLoader, got int"):
+        rdprune.allocate(model, calib=3, sparsity=0.5, method="uniform")
+    with pytest.raises(TypeError, match="is a Flatten, not a Conv2d / Linear"):
+        rdprune.prune(model, {"0": 0.5})
+    from rdprune.validation import load_state
+
+    with pytest.raises(FileNotFoundError, match="checkpoint not found") as info:
+        load_state(str(tmp_path / "missing.pt"))
+    assert str(info.value) == f"checkpoint not found: {tmp_path / 'missing.pt'} (set " \
+        "dense.checkpoint to an existing file)"  # the message alone, as a ValueError's

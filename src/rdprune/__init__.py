@@ -7,11 +7,18 @@ ADMM pruning (Zhang et al., ECCV 2018).
 Vocabulary used throughout: *sparsity* is the fraction of weights removed, in [0, 1); *density* is
 1 - sparsity; *MACs* are multiply-accumulates; a *prunable layer* is a Conv2d or Linear module whose
 forward actually runs; a *mask* is a bool tensor shaped like the layer's weight, True = kept.
+
+Bad input raises :class:`UserError` (a ``ValueError``) with a one-line message; a value of the wrong
+type :class:`UserTypeError` (also a ``TypeError``), a missing file :class:`UserFileNotFoundError`
+(also a ``FileNotFoundError``).
 """
+
+from rdprune.errors import UserError, UserFileNotFoundError, UserTypeError
 
 __version__ = "0.3.0"
 
-__all__ = ["__version__", "allocate", "finetune", "prune"]
+__all__ = ["UserError", "UserFileNotFoundError", "UserTypeError", "__version__", "allocate",
+           "finetune", "prune"]
 
 
 def __getattr__(name: str):

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from rdprune.allocation import BASELINES
-from rdprune.errors import UserError, one_line
+from rdprune.errors import UserError, UserTypeError, one_line
 from rdprune.flops import layer_macs
 from rdprune.layers import PRUNABLE_TYPES, find_prunable, unwrap
 from rdprune.masks import apply_masks, check_masks, kept_count, magnitude_masks, num_pruned
@@ -65,7 +65,8 @@ def calibration_tensor(calib: torch.Tensor | Iterable[Any]) -> torch.Tensor:
         x = calib
     else:
         if not isinstance(calib, (DataLoader, Iterable)):
-            raise UserError(f"calib must be a tensor or a DataLoader, got {type(calib).__name__}")
+            raise UserTypeError(
+                f"calib must be a tensor or a DataLoader, got {type(calib).__name__}")
         batches = [b[0] if isinstance(b, (tuple, list)) else b for b in calib]
         if not batches or not all(isinstance(b, torch.Tensor) for b in batches):
             raise UserError("calib yields no tensor batches")
@@ -198,8 +199,8 @@ def prune(
         except AttributeError:
             raise UserError(f"the model has no layer {name!r}") from None
         if not isinstance(layers[name], PRUNABLE_TYPES):
-            raise UserError(f"layer {name!r} is a {type(layers[name]).__name__}, not a Conv2d / "
-                            "Linear")
+            raise UserTypeError(f"layer {name!r} is a {type(layers[name]).__name__}, not a "
+                                "Conv2d / Linear")
     new = magnitude_masks(layers, [float(s) for s in sparsities.values()])
     if masks is not None:
         new = {k: v & masks[k].to(v.device) for k, v in new.items()}

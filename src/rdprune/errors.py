@@ -1,13 +1,27 @@
 """User-facing errors.
 
 A :class:`UserError` means the request cannot be satisfied as given (bad sparsity, missing data,
-unknown model name, ...). ``run.py`` prints its message as one line and exits non-zero, without a
-traceback: the message itself must say what is wrong and how to fix it.
+unknown model name, ...). ``run.py`` prints its message as one line and exits with code 2,
+without a traceback: the message itself must say what is wrong and how to fix it.
+
+They are the standard exception types too, so that a caller of the API can catch them as usual:
+a bad value is a ``ValueError`` (:class:`UserError`), a value of the wrong type also a
+``TypeError`` (:class:`UserTypeError`), a missing file or folder also a ``FileNotFoundError``
+(:class:`UserFileNotFoundError`).
 """
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """An error in the user's input or environment, reported as one line."""
+
+
+class UserTypeError(UserError, TypeError):
+    """A user's argument or setting of the wrong type (e.g. ``calib`` neither a tensor nor a
+    DataLoader)."""
+
+
+class UserFileNotFoundError(UserError, FileNotFoundError):
+    """A file or folder the user pointed at does not exist (a checkpoint, a dataset)."""
 
 
 def one_line(error: BaseException, limit: int | None = 200) -> str:

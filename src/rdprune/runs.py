@@ -26,7 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from rdprune.errors import UserError
+from rdprune.errors import UserError, UserFileNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ def _scan(dirs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path], li
     for d in dirs:
         root = Path(d)
         if not root.is_dir():
-            raise UserError(f"not a directory: {root} (give run or sweep directories)")
+            error = UserError if root.exists() else UserFileNotFoundError
+            raise error(f"not a directory: {root} (give run or sweep directories)")
         for dirpath, dirnames, filenames in os.walk(root):
             here = Path(dirpath)
             has_hydra = ".hydra" in dirnames

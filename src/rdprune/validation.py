@@ -27,7 +27,7 @@ from torch import nn
 
 from rdprune.cache import writable
 from rdprune.config import is_rd
-from rdprune.errors import UserError, one_line
+from rdprune.errors import UserError, UserFileNotFoundError, one_line
 from rdprune.loop import PRECISIONS
 from rdprune.masks import CRITERIA
 from rdprune.train import SCHEDULES, lr_schedule
@@ -165,7 +165,8 @@ def load_state(path: str) -> dict[str, torch.Tensor]:
     """A state_dict from a file (``{"model": state_dict}`` accepted), checked to be one."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise UserError(f"checkpoint not found: {p} (set dense.checkpoint to an existing file)")
+        raise UserFileNotFoundError(f"checkpoint not found: {p} (set dense.checkpoint to an "
+                                    "existing file)")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - the unpickler fails in many ways on a non-checkpoint
