@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="rdprune-decode-") as tmp:
         root = Path(tmp)
         kb = write_jpegs(root, args.count, (args.width, args.height), args.quality)
-        splits = imagenet(root=str(root), num_classes=2, num_workers=0)
+        splits = imagenet(name="imagenet", root=str(root), image_size=224, resize=256,
+                          interpolation="bicubic", train_transform="official", channels=3,
+                          num_classes=2, calib_size=256, num_workers=0, eval_batch_size=250)
         train = splits.train  # TransformedDataset(ImageFolder, the official transform)
         files = [path for path, _ in train.base.samples]
         n = len(files)

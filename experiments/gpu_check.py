@@ -256,8 +256,10 @@ def training(args, device: torch.device, clock: Clock, rec: dict) -> None:
             torch.manual_seed(0)
             model = instantiate(cfg.model, **({"weights": None} if imagenet else {})).to(device)
             row["layers"] = len(find_prunable(model, torch.zeros(1, 3, size, size, device=device)))
-            data = (synthetic(num_classes=10, image_size=size, train_size=max(4 * batch, 64),
-                              test_size=1, calib_size=1) if imagenet
+            data = (synthetic(name="synthetic", num_classes=10, channels=3, image_size=size,
+                              train_size=max(4 * batch, 64), test_size=1, noise=1.0,
+                              calib_size=1, data_seed=0, num_workers=0, eval_batch_size=256)
+                    if imagenet
                     else cifar(max(20 * batch, 200)))
             return model, data
 

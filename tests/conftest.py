@@ -8,6 +8,8 @@ from pathlib import Path
 # as in run.py: idle OpenMP threads sleep (spinning threads crawl on a loaded CPU)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from typing import Any
+
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -42,6 +44,19 @@ def compose_config(overrides: list[str], tmp: Path, out: str = "out") -> DictCon
                 *overrides,
             ],
         )
+
+
+def dataset(config: str, /, **overrides: Any):
+    """The :class:`~rdprune.data.Splits` of ``conf/dataset/<config>.yaml`` with ``overrides``
+    (its keys): the factories take no defaults, the YAML holds them."""
+    from rdprune.config import build
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("config", overrides=[f"dataset={config}"])
+    for key, value in overrides.items():
+        assert key in cfg.dataset, f"conf/dataset/{config}.yaml has no key {key}"
+        cfg.dataset[key] = value
+    return build(cfg.dataset)
 
 
 @pytest.fixture

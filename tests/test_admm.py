@@ -10,13 +10,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep
 
 import pytest
 import torch
+from conftest import dataset
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
 from rdprune import cache
 from rdprune.admm import admm_phase, project
-from rdprune.data import digits
 from rdprune.errors import UserError
 from rdprune.masks import (
     apply_masks,
@@ -36,7 +36,7 @@ SGD = functools.partial(torch.optim.SGD, lr=0.05, momentum=0.5)
 @pytest.fixture(scope="module")
 def data():
     """Digits at 8x8x1 without augmentation (1,437 training images)."""
-    return digits(image_size=8, channels=1, augment=False, eval_batch_size=512)
+    return dataset("digits", image_size=8, channels=1, augment=False, eval_batch_size=512)
 
 
 def mlp(dropout: float = 0.0) -> tuple[nn.Module, dict[str, nn.Module]]:

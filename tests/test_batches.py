@@ -11,14 +11,15 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import dataset
 from PIL import Image
 from scipy import stats
 from torchvision.datasets import CIFAR10
 from torchvision.transforms import v2
 
-import rdprune.data
+import rdprune.data.splits
 from rdprune.batches import ImageBatches, per_sample_batches, step_indices
-from rdprune.data import CIFAR_MEAN, CIFAR_STD, cifar_splits, digits, synthetic
+from rdprune.data import CIFAR_MEAN, CIFAR_STD, cifar_splits
 from rdprune.models import resnet32
 from rdprune.train import fit
 
@@ -76,7 +77,7 @@ def test_cifar_batch_is_the_per_sample_transform_pixel_for_pixel(noise):
 
 
 def test_digits_shifts_are_the_per_sample_crop_pixel_for_pixel():
-    data = digits(image_size=16, channels=3, calib_size=8)
+    data = dataset("digits", image_size=16, channels=3, calib_size=8)
     memory, pad = data.train_memory, 2  # max(1, 16 // 8)
     assert (memory.pad, memory.flip) == (pad, False)
     seed, step, size = 1, 4, 64
@@ -127,8 +128,9 @@ def test_augmentation_law_matches_the_per_sample_path():
 
 
 @pytest.mark.parametrize("make", [
-    functools.partial(synthetic, image_size=8, train_size=96, test_size=8, calib_size=8),
-    functools.partial(digits, image_size=8, augment=False, calib_size=8),
+    functools.partial(dataset, "synthetic", image_size=8, train_size=96, test_size=8,
+                      calib_size=8),
+    functools.partial(dataset, "digits", image_size=8, augment=False, calib_size=8),
 ])
 def test_without_augmentation_both_paths_give_identical_batches(make):
     data = make()
@@ -159,14 +161,14 @@ def test_resume_and_shares_are_exact(noise):
 
 
 def test_training_uses_the_memory_path_and_file_datasets_the_loader(monkeypatch):
-    data = synthetic(image_size=8, train_size=64, test_size=8, calib_size=8)
+    data = dataset("synthetic", image_size=8, train_size=64, test_size=8, calib_size=8)
     calls = []
 
     def loader(*args, **kwargs):
         calls.append(args)
         yield from per_sample_batches(*args, **kwargs)
 
-    monkeypatch.setattr(rdprune.data, "per_sample_batches", loader)
+    monkeypatch.setattr(rdprune.data.splits, "per_sample_batches", loader)
     fit(resnet32(), data, steps=2, batch_size=16, progress=False,
         optimizer=functools.partial(torch.optim.SGD, lr=0.01))
     assert calls == []

@@ -36,10 +36,10 @@ def test_multirun_runs_four_jobs(tmp_path):
 
 @pytest.mark.parametrize("override,needle", [
     ("sparsity=1.5", "sparsity must be in [0, 1)"),
-    ("dataset=cifar10", "not found"),
+    ("dataset=cifar10 dataset.image_size=32", "not found"),  # (TINY sets digits' 8)
 ])
 def test_bad_input_is_one_line_nonzero_exit(tmp_path, override, needle):
-    proc = run_py(*TINY, override, tmp_path=tmp_path)
+    proc = run_py(*TINY, *override.split(), tmp_path=tmp_path)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == [lines[0]] and lines[0].startswith("error: ") and needle in lines[0], lines

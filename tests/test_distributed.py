@@ -13,12 +13,11 @@ import pickle
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import Dying
+from conftest import Dying, dataset
 from torch import nn
 from torch.multiprocessing.spawn import ProcessRaisedException
 
 from rdprune import cache
-from rdprune.data import synthetic
 from rdprune.distributed import (
     Rank,
     ReplicaMismatchError,
@@ -63,7 +62,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def data():
-    return synthetic(channels=1, image_size=4, train_size=64, test_size=32, calib_size=16)
+    return dataset("synthetic", channels=1, image_size=4, train_size=64, test_size=32,
+                   calib_size=16)
 
 
 def pruned_mlp(seed: int = 0):

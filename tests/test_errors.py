@@ -41,7 +41,9 @@ def test_unknown_generic_model_name(tiny_config, tmp_path):
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "imagenet"])
 def test_missing_data_names_path_and_fix(tiny_config, tmp_path, dataset):
-    cfg = tiny_config(f"dataset={dataset}")
+    cfg = tiny_config(f"dataset={dataset}", "dataset.image_size=32")  # (CIFAR's only size)
+    with pytest.raises(FileNotFoundError):
+        run(cfg)
     message = assert_clean_failure(cfg, tmp_path, "not found")
     assert str(tmp_path / "data") in message
     assert "RDPRUNE_DATA_DIR" in message

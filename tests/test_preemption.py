@@ -15,12 +15,11 @@ import time
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import ROOT
+from conftest import ROOT, dataset
 from torch import nn
 
 from rdprune import cache
 from rdprune.admm import admm_phase
-from rdprune.data import synthetic
 from rdprune.layers import find_prunable
 from rdprune.masks import magnitude_masks
 from rdprune.preemption import Guard
@@ -73,7 +72,8 @@ class MLP(nn.Module):
 
 @pytest.fixture(scope="module")
 def data():
-    return synthetic(channels=1, image_size=4, train_size=64, test_size=32, calib_size=16)
+    return dataset("synthetic", channels=1, image_size=4, train_size=64, test_size=32,
+                   calib_size=16)
 
 
 @pytest.fixture
@@ -175,8 +175,9 @@ def test_default_action_after_the_checkpoint(data, tmp_path):
         import signal, sys
         sys.path.insert(0, {str(ROOT / "tests")!r})
         from test_preemption import Signalling, train
-        from rdprune.data import synthetic
-        data = synthetic(channels=1, image_size=4, train_size=64, test_size=32, calib_size=16)
+        from conftest import dataset
+        data = dataset("synthetic", channels=1, image_size=4, train_size=64, test_size=32,
+                       calib_size=16)
         train(Signalling(data, signal.SIGTERM, at=5), checkpoint={str(ckpt)!r})
         print("survived")
     """)

@@ -7,9 +7,8 @@ import functools
 
 import pytest
 import torch
-from conftest import Dying
+from conftest import Dying, dataset
 
-from rdprune.data import synthetic
 from rdprune.layers import find_prunable
 from rdprune.masks import check_masks, magnitude_masks, masks_from_weights, sparsity_of
 from rdprune.models import resnet32
@@ -24,7 +23,7 @@ OPTIMIZERS = {
 
 @pytest.fixture(scope="module")
 def data():
-    return synthetic(image_size=8, train_size=128, test_size=64, calib_size=16)
+    return dataset("synthetic", image_size=8, train_size=128, test_size=64, calib_size=16)
 
 
 def pruned_model(seed: int = 0):

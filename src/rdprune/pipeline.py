@@ -114,6 +114,7 @@ class Round:
 def setup(cfg: DictConfig) -> Run:
     """Build everything cheap and check every input, before any expensive work."""
     validation.check_config(cfg)
+    validation.check_targets(cfg)  # no dataset / model / method key is ignored
     device = validation.resolve_device(cfg.device)
     validation.check_machine(cfg, device)
     if trains_dense(cfg):

@@ -2,15 +2,19 @@
 
 Every check raises :class:`~rdprune.errors.UserError` with one line that names the setting and
 how to fix it; ``run.py`` prints it as ``error: ...`` and exits with code 2. Settings are checked
-by doing the cheap version of what the run will do with them: optimizers are built on a dummy
-parameter, the learning-rate schedule is stepped once, the device and ``devices`` are resolved
-against this machine, the cache directory is probed with a real write, a checkpoint is loaded,
-and the model is run on one input (a too-small input names the smallest size that works). A cached
-stage can therefore never hide a bad setting. Legal but unreasonable values only warn.
+by doing the cheap version of what the run will do with them: every key of the dataset, model
+and method configs is matched against its factory's parameters (none is silently dropped),
+optimizers are built on a dummy parameter, the learning-rate schedule is stepped once, the
+device and ``devices`` are resolved against this machine, the cache directory is probed with a
+real write, a checkpoint is loaded, and the model is run on one input (a too-small input names
+the smallest size that works). A cached stage can therefore never hide a bad setting. Legal but
+unreasonable values only warn.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 import math
 import numbers
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig
 from torch import nn
 
@@ -89,6 +93,53 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.prune.criterion not in CRITERIA:
         raise UserError(f"prune.criterion must be one of {', '.join(CRITERIA)}, got "
                         f"{cfg.prune.criterion!r}")
+
+
+def check_keys(node: DictConfig, where: str, what: str, supplied: tuple[str, ...] = ()) -> None:
+    """Every key of the ``_target_`` node ``node`` (at ``where``, e.g. ``"dataset"``) is a
+    parameter of its target, and every parameter without a default is set: else a one-line
+    UserError naming the key, ``what`` the node is (e.g. ``"dataset digits"``) and the keys its
+    target takes. ``supplied``: parameters the caller passes itself (not keys of the node). A
+    target with ``**kwargs`` takes any key; nested ``_target_`` nodes are checked likewise.
+    Nothing is built or resolved.
+    """
+    target = node.get("_target_")
+    if target is None:
+        return
+    try:
+        factory = get_method(str(target))
+        params = inspect.signature(factory).parameters
+    except Exception as e:  # noqa: BLE001 - Hydra's import errors vary; one line names the cause
+        raise UserError(f"{where}._target_={target} cannot be used ({one_line(e)})") from None
+    named = [n for n, p in params.items() if n not in supplied and p.kind in (
+        p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    anything = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    takes = f"{target} takes {', '.join(named) or 'no keys'}"
+    keys = [str(k) for k in node if not (str(k).startswith("_") and str(k).endswith("_"))]
+    for key in keys:
+        if key not in named and not anything:
+            close = difflib.get_close_matches(key, named, n=1)
+            hint = f"; did you mean {where}.{close[0]}?" if close else ""
+            raise UserError(f"{where}.{key} is not a setting of {what} ({takes}){hint}")
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and "_target_" in child:
+            check_keys(child, f"{where}.{key}", f"{where}.{key}")
+    if not node.get("_partial_", False):
+        missing = [n for n in named if n not in keys and params[n].default is params[n].empty]
+        if missing:
+            raise UserError(f"{what} needs {', '.join(f'{where}.{m}' for m in missing)} "
+                            f"({takes})")
+
+
+def check_targets(cfg: DictConfig) -> None:
+    """The dataset, model and method configs hold exactly their factories' parameters
+    (:func:`check_keys`): a key that would be ignored, or passed to a factory that does not take
+    it, is a one-line error before anything is built. A rate-distortion method gets ``options``
+    (``rd.*``) from the pipeline."""
+    check_keys(cfg.dataset, "dataset", f"dataset {cfg.dataset.get('name')}")
+    check_keys(cfg.model, "model", f"model {cfg.get('model_name')}")
+    check_keys(cfg.method, "method", f"method {cfg.method.get('name')}",
+               supplied=("options",) if is_rd(cfg) else ())
 
 
 def resolve_device(name: Any) -> torch.device:
