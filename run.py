@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> float:
     from rdprune.pipeline import run  # imported here so --help and --cfg stay fast
 
     try:
-        return run(cfg)["top1"]
+        return run(cfg).get("top1")  # (a profiling shard has none)
     except UserError as e:  # bad input: one line, no traceback (also in the run dir's FAILED)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("%s", e)

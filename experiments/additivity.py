@@ -188,8 +188,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{forwards} forward passes of {len(inputs)} calibration images", flush=True)
 
     start = time.perf_counter()
-    rows = measure(env.model, env.layers, inputs, subsets, SPARSITIES,
-                   batch_size=env.data.eval_batch_size, device=env.device)
+    rows = measure(env.model, env.layers, inputs, subsets, SPARSITIES,  # resumable per item
+                   batch_size=env.data.eval_batch_size, device=env.device,
+                   cache_dir=env.cache_dir)
     seconds = time.perf_counter() - start
     df = pd.DataFrame(rows)
     summary = summarize(df)

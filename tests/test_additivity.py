@@ -75,3 +75,45 @@ def test_subsets_forwards_and_agreement():
     assert num_forwards([(0, 1), (1, 2)], [0.1, 0.5]) == 1 + 2 * (3 + 2)
     stats = agreement(np.array([1.0, 2.0, 4.0]), np.array([2.0, 4.0, 8.0]))
     assert stats["pearson_log"] == pytest.approx(1.0) and stats["median_ratio"] == 2.0
+
+
+class Requeued(Exception):
+    """Stands for submitit's handler, which requeues the job and exits."""
+
+
+def test_a_stop_signal_ends_after_the_measurement_in_flight_and_the_rerun_resumes(
+        mlp, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from rdprune import additivity
+
+    model, layers, x = mlp
+    subsets, sparsities = [("pair", (0, 1)), ("pair", (1, 2))], [0.3, 0.7]
+    reference = measure(model, layers, x, subsets, sparsities, progress=False)
+    forwards, signalled = [], []
+    predict = additivity.predict
+
+    def counting(*args, **kwargs):  # every forward over the inputs, the reference included
+        forwards.append(1)
+        if len(forwards) == 4 and not signalled:  # in the 3rd measurement: a SLURM warning
+            signalled.append(1)
+            os.kill(os.getpid(), signal.SIGUSR2)
+        return predict(*args, **kwargs)
+
+    def requeue(signum, frame):
+        raise Requeued
+
+    monkeypatch.setattr(additivity, "predict", counting)
+    previous = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        with pytest.raises(Requeued):
+            measure(model, layers, x, subsets, sparsities, progress=False, cache_dir=tmp_path)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert len(list(tmp_path.glob("additivity/*/*.pt"))) == 3  # the one in flight was stored
+    forwards.clear()
+    rows = measure(model, layers, x, subsets, sparsities, progress=False, cache_dir=tmp_path)
+    assert rows == reference
+    # the reference pass, then what was missing: (2 singles + 2 pairs) x 2 sparsities - 3 stored
+    assert len(forwards) == 1 + num_forwards([(0, 1), (1, 2)], sparsities) - 1 - 3

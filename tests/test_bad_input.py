@@ -28,6 +28,9 @@ from rdprune.masks import num_pruned
 
 BASE = [*TINY, "method=ours", "rd.grid_points=4"]
 
+#: the image models (a language model, hf_lm, runs on dataset=text: tests/test_lm.py)
+IMAGE_MODELS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml") if p.stem != "hf_lm")
+
 
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory) -> Path:
@@ -252,7 +255,7 @@ def test_a_read_only_shared_cache_serves_every_result(tmp_path):
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
-@pytest.mark.parametrize("model", sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")))
+@pytest.mark.parametrize("model", IMAGE_MODELS)
 def test_every_model_config_sets_up_on_the_offline_default(tmp_path, model):
     """`python run.py model=<any>` on the default digits: the image size and recipe adapt to
     the model (VGG's five max-pools need 32x32; ImageNet models train from scratch offline)."""

@@ -58,18 +58,25 @@ def test_sigkill_in_every_stage_then_rerun(tmp_path):
     cache, run_dir = tmp_path / "cache", tmp_path / "run"
     stages = {
         "dense training": lambda: any(cache.glob("dense/*.partial.pt")),
-        "profiling": lambda: any(cache.glob("curves/*.lock")),
+        "profiling": lambda: any(cache.glob("curves/*/*.pt")),  # a layer's row is stored
         "fine-tuning": lambda: any(cache.glob("finetune/*.partial.pt")),
     }
     for stage, ready in stages.items():
         proc = start(tmp_path, *FAULT, run_dir=run_dir)
         kill_when(proc, ready)
         assert not (run_dir / "metrics.json").exists(), f"killed in {stage} yet finished"
+        if stage == "profiling":  # the next attempt measures only the layers not stored
+            stored = len(list(cache.glob("curves/*/*.pt")))
+            assert 1 <= stored < 34
+            layers_left = 34 - stored
     proc = start(tmp_path, *FAULT, run_dir=run_dir)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     # the dense model and the curves were finished by earlier attempts: reused, not redone
     assert "dense model loaded from cache" in out and "RD curves loaded from cache" in out
+    # (the attempt killed in fine-tuning measured the layers the profiling kill left)
+    log = "\n".join(p.read_text() for p in run_dir.glob("*.log"))
+    assert f"RD curves: {layers_left} of 34 layers measured here" in log, log[-3000:]
     assert "resuming from step" in out  # fine-tuning picked up its checkpoint
     assert results(json.loads((run_dir / "metrics.json").read_text())) == reference
     assert not list(cache.rglob("*.partial.pt")), "partial checkpoints are cleaned up"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import CONF, ROOT, TINY, compose_config
 from hydra import compose, initialize_config_dir
@@ -189,3 +191,58 @@ def test_job_past_its_time_limit_is_requeued_and_resumes(tmp_path, record_proper
     (folder,) = job_folders(tmp_path)
     metrics = json.loads((tmp_path / "sweep" / folder / "metrics.json").read_text())
     assert results(metrics) == reference
+
+
+@pytest.mark.slurm
+@needs_slurm
+@pytest.mark.usefixtures("cancel_leftover_jobs")
+def test_quickstart_finishes_in_one_minute_windows(tmp_path, record_property):
+    """The preemption issue's command: 1-minute limit, SIGUSR2 15 s before it, at most 10
+    requeues, 2 cores: every stage (dense training, RD profiling, fine-tuning) resumes where the
+    last attempt stopped, and the metrics equal an uninterrupted run's."""
+    proc = sweep(tmp_path, "launcher=slurm", "hydra.launcher.gpus_per_node=0",
+                 "hydra.launcher.cpus_per_task=2", "hydra.launcher.mem_gb=4", "device=cpu",
+                 "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15",
+                 "hydra.launcher.max_num_timeout=10", "experiment=quickstart", timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (jid,) = submitit_jobs(tmp_path)
+    info = subprocess.run(["scontrol", "show", "job", jid], capture_output=True, text=True)
+    requeues = int(re.search(r"Restarts=(\d+)", info.stdout).group(1))
+    log = (tmp_path / "sweep" / ".submitit" / jid / f"{jid}_0_log.out").read_text()
+    stops = len(re.findall(r"RD profiling: stopped after layer", log))
+    record_property("requeues", requeues)
+    print(f"\n{requeues} requeues, {stops} of them stopped RD profiling after a layer")
+    (folder,) = job_folders(tmp_path)
+    metrics = json.loads((tmp_path / "sweep" / folder / "metrics.json").read_text())
+    # the uninterrupted run, afterwards (on the same 2 cores, as the job had them)
+    reference = run(compose_config(["experiment=quickstart", "device=cpu"], tmp_path / "ref"))
+    assert results(metrics) == results(reference)
+
+
+@pytest.mark.slurm
+@needs_slurm
+@pytest.mark.usefixtures("cancel_leftover_jobs")
+def test_profiling_split_over_a_job_array_equals_one_job(tmp_path, caplog):
+    """rd.shards=3 rd.shard=0,1,2 as one SLURM array: each task profiles its share of the
+    layers into the shared cache; the run afterwards measures nothing and its curves equal a
+    single job's bitwise."""
+    base = [*TINY, "rd.grid_points=21", "recipe.finetune_steps=0"]
+    proc = sweep(tmp_path, "launcher=slurm", *SMALL_JOB, *base, "rd.shards=3", "rd.shard=0,1,2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = submitit_jobs(tmp_path)
+    assert len(jobs) == 3 and len({j.split("_")[0] for j in jobs}) == 1, jobs  # one array
+    shards = [json.loads((tmp_path / "sweep" / f / "shard.json").read_text())
+              for f in job_folders(tmp_path)]
+    assert sorted(s["shard"] for s in shards) == [0, 1, 2]
+    assert sum(s["measured_layers"] for s in shards) == 34
+    assert all(s["measured_layers"] >= 1 for s in shards)
+    assert sum(s["complete"] for s in shards) == 1  # the last to finish assembled the set
+    cfg = compose_config([*base, f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path, out="main")
+    with caplog.at_level(logging.INFO, logger="rdprune"):
+        run(cfg)
+    assert "RD curves loaded from cache" in caplog.text
+    single = run(compose_config(base, tmp_path / "single"))
+    assert single["rounds"][0]["profile_seconds"] > 0
+    sharded = np.load(tmp_path / "main" / "rd_curves.npz")["curves"]
+    alone = np.load(tmp_path / "single" / "out" / "rd_curves.npz")["curves"]
+    assert np.array_equal(sharded, alone)

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from rdprune import distortion
+from rdprune import cache, distortion
 from rdprune.masks import apply_masks, magnitude_mask
+from rdprune.preemption import STOP_SIGNALS, Guard
 from rdprune.progress import bar as progress_bar
 from rdprune.train import predict
 
@@ -82,8 +84,14 @@ def measure(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    cache_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Joint distortion of each subset vs the sum of its single-layer distortions.
+
+    With ``cache_dir``, every measurement (a single layer or a subset at one sparsity) is stored
+    under ``cache_dir/additivity/<digest of model, inputs and layers>/`` as soon as it is done,
+    and a stop signal (SIGUSR2, SIGTERM, Ctrl-C) ends the study after the measurement in flight
+    (:mod:`rdprune.preemption`): a rerun measures only what is missing.
 
     Args:
         model: the network; its weights are unchanged on return (also on error).
@@ -95,6 +103,7 @@ def measure(
         batch_size: inputs per forward batch.
         device: where the forward passes run.
         progress: show a progress bar.
+        cache_dir: the stage cache (None: nothing stored).
 
     Returns:
         One row per (subset, sparsity): kind, layers ("3;4"), size, sparsity, then for each
@@ -111,28 +120,43 @@ def measure(
             masks[i, s] = magnitude_mask(layers[names[i]].weight, s)
         return masks[i, s]
 
-    def run(indices: tuple[int, ...], s: float) -> dict[str, float]:
+    folder = None
+    if cache_dir is not None:
+        folder = Path(cache_dir) / "additivity" / cache.digest(
+            "additivity", cache.state_digest(model), inputs, names)
+
+    def measured(indices: tuple[int, ...], s: float) -> dict[str, float]:
         with pruned(layers, {names[i]: mask(i, s) for i in indices}):
             return distortion.joint(reference, predict(model, inputs, batch_size, device))
+
+    def run(indices: tuple[int, ...], s: float) -> dict[str, float]:
+        if folder is None:
+            return measured(indices, s)
+        item = folder / f"{'-'.join(map(str, indices))}_{s!r}.pt"
+        value, _ = cache.cached(item, lambda: measured(indices, s))
+        if guard.pending:  # stored: hand a stop signal on now
+            guard.hand_on()
+        return value
 
     rows = []
     bar = progress_bar(total=num_forwards([ix for _, ix in subsets], sparsities) - 1,
                        desc="additivity", disable=not progress)
-    for s in sparsities:
-        for kind, indices in subsets:
-            for i in indices:
-                if (i, s) not in singles:
-                    singles[i, s] = run((i,), s)
-                    bar.update(1)
-            joint = run(indices, s)
-            bar.update(1)
-            row: dict[str, Any] = {"kind": kind, "layers": ";".join(map(str, indices)),
-                                   "size": len(indices), "sparsity": s}
-            for m in METRICS:
-                suffix = "" if m == "mean" else f"_{m}"
-                row[f"sum_single{suffix}"] = sum(singles[i, s][m] for i in indices)
-                row[f"joint{suffix}"] = joint[m]
-            rows.append(row)
+    with Guard(signals=STOP_SIGNALS if folder is not None else ()) as guard:
+        for s in sparsities:
+            for kind, indices in subsets:
+                for i in indices:
+                    if (i, s) not in singles:
+                        singles[i, s] = run((i,), s)
+                        bar.update(1)
+                joint = run(indices, s)
+                bar.update(1)
+                row: dict[str, Any] = {"kind": kind, "layers": ";".join(map(str, indices)),
+                                       "size": len(indices), "sparsity": s}
+                for m in METRICS:
+                    suffix = "" if m == "mean" else f"_{m}"
+                    row[f"sum_single{suffix}"] = sum(singles[i, s][m] for i in indices)
+                    row[f"joint{suffix}"] = joint[m]
+                rows.append(row)
     bar.close()
     return rows
 

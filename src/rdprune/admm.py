@@ -34,7 +34,7 @@ from torch import nn
 from rdprune.data import Splits
 from rdprune.errors import UserError
 from rdprune.loop import run_steps
-from rdprune.masks import keep_mask, num_pruned
+from rdprune.masks import magnitude_mask_count, num_pruned
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def project(w: torch.Tensor, keep: int) -> torch.Tensor:
     if not 0 <= keep <= n:
         raise ValueError(f"keep must be in [0, {n}], got {keep}")
     w = w.detach()
-    return torch.where(keep_mask(w, n - keep), w, torch.zeros_like(w))
+    return torch.where(magnitude_mask_count(w, n - keep), w, torch.zeros_like(w))
 
 
 def _norm(tensors: Mapping[str, torch.Tensor]) -> float:

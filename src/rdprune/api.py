@@ -26,9 +26,11 @@ from torch.utils.data import DataLoader
 from rdprune.allocation import BASELINES
 from rdprune.errors import UserError, UserTypeError, one_line
 from rdprune.flops import layer_macs
-from rdprune.layers import PRUNABLE_TYPES, find_prunable, unwrap
-from rdprune.masks import apply_masks, check_masks, kept_count, magnitude_masks, num_pruned
+from rdprune.layers import find_prunable, is_prunable, unwrap
+from rdprune.masks import CRITERIA, Criterion, apply_masks, check_masks, kept_count, num_pruned
+from rdprune.activations import input_norms
 from rdprune.methods import Allocation, Baseline, Problem, rate_distortion
+from rdprune.models.lm import CausalLM
 
 #: method names :func:`allocate` accepts (``ours_zerodata``: curves on N(0, 1) inputs)
 METHODS = ("ours", "ours_zerodata", *BASELINES)
@@ -71,10 +73,33 @@ def calibration_tensor(calib: torch.Tensor | Iterable[Any]) -> torch.Tensor:
         if not batches or not all(isinstance(b, torch.Tensor) for b in batches):
             raise UserError("calib yields no tensor batches")
         x = torch.cat(batches)
-    if x.dim() < 2 or x.shape[0] == 0 or not x.is_floating_point():
-        raise UserError(f"calib must be a non-empty float batch [N, ...], got a {x.dtype} tensor "
-                        f"of shape {tuple(x.shape)}")
+    tokens = x.dtype in (torch.int64, torch.int32) and x.dim() == 2  # a language model's ids
+    if x.dim() < 2 or x.shape[0] == 0 or not (x.is_floating_point() or tokens):
+        raise UserError(f"calib must be a non-empty float batch [N, ...] or token ids [N, T], "
+                        f"got a {x.dtype} tensor of shape {tuple(x.shape)}")
     return x
+
+
+def adapted(model: nn.Module) -> tuple[nn.Module, str]:
+    """``model`` as the pipeline runs it, and the prefix its layer names get there: a
+    ``transformers`` causal LM is wrapped (token ids -> logits, :class:`CausalLM`), names under
+    ``hf.``; anything else is itself."""
+    if type(model).__module__.startswith("transformers.") and hasattr(
+            model, "get_output_embeddings"):
+        return CausalLM(model), "hf."
+    return model, ""
+
+
+def criterion_for(name: str, model: nn.Module, layers: Mapping[str, nn.Module],
+                  calib: torch.Tensor | None) -> Criterion:
+    """The within-layer criterion ``name``; ``wanda`` measures its input norms on ``calib``."""
+    if name not in CRITERIA:
+        raise UserError(f"criterion must be one of {', '.join(CRITERIA)}, got {name!r}")
+    if name == "magnitude":
+        return Criterion()
+    if calib is None:
+        raise UserError("criterion=wanda needs calibration inputs: pass calib=...")
+    return Criterion("wanda", input_norms(model, layers, calib, device=_device(model)))
 
 
 def prunable_layers(model: nn.Module, example: torch.Tensor) -> dict[str, nn.Module]:
@@ -117,12 +142,14 @@ def allocate(
     layers: Mapping[str, nn.Module] | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    criterion: str = "magnitude",
     **options: Any,
 ) -> Allocation:
     """Per-layer sparsities for ``model`` under a global target; the model is not modified.
 
     Args:
-        model: the network (on its device; eval mode is used and restored).
+        model: the network (on its device; eval mode is used and restored), or a
+            ``transformers`` causal LM (``calib``: token ids; its decoder blocks' linears).
         calib: calibration inputs: a tensor ``[N, ...]`` or a DataLoader (see
             :func:`calibration_tensor`); used by ``ours`` only, but always checked to run.
         sparsity: global fraction of prunable weights removed, in [0, 1).
@@ -134,6 +161,8 @@ def allocate(
         layers: the prunable layers ``{name: module}`` (default: every Conv2d / Linear that runs).
         cache_dir: cache RD curves and DP solutions there (content-hashed), as the pipeline does.
         progress: show progress bars.
+        criterion: which weights of a layer go (``magnitude`` or ``wanda``): ``ours`` measures
+            its curves with it (pass the same to :func:`prune`).
         **options: options of ``ours``: ``grid_points``, ``reduction``, ``batch_size``, ``tol``,
             ``calib_seed`` (see :class:`rdprune.methods.RateDistortion`).
 
@@ -147,10 +176,13 @@ def allocate(
     """
     solver = make_method(method, **options)
     x = calibration_tensor(calib)
+    model, prefix = adapted(model)
     device = _device(model)
     example = x[:1].to(device)
     if layers is None:
         layers = prunable_layers(model, example)
+    else:
+        layers = {prefix + k: v for k, v in layers.items()}
     layers = dict(layers)
     if (sparsity is None) == (flops_kept is None):
         raise UserError("give exactly one target: sparsity=... or flops_kept=...")
@@ -164,29 +196,39 @@ def allocate(
         budget, target = "flops", 1.0 - float(flops_kept)
     solver.check(layers, target, budget)
     pruned = [0] * len(layers) if masks is None else [
-        masks[name].numel() - kept_count(masks[name]) for name in layers]
+        masks[name[len(prefix):]].numel() - kept_count(masks[name[len(prefix):]])
+        for name in layers]
     # counting MACs runs the model once more: only a FLOPs budget needs them
     macs = layer_macs(model, example, list(layers)) if budget == "flops" else None
     problem = Problem(
         model=model, layers=layers, target=target, budget=budget, pruned=pruned,
         macs=macs, calibration=x,
         cache_dir=Path(cache_dir).expanduser() if cache_dir is not None else None,
-        device=device, progress=progress,
+        device=device, progress=progress, criterion=criterion_for(criterion, model, layers, x),
     )
-    return solver.allocate(problem)
+    alloc = solver.allocate(problem)
+    return Allocation([k[len(prefix):] for k in alloc], alloc.values(), alloc.info,
+                      curves=alloc.curves, grid=alloc.grid)
 
 
 def prune(
     model: nn.Module,
     sparsities: Mapping[str, float],
     masks: Mapping[str, torch.Tensor] | None = None,
+    *,
+    criterion: str | Criterion = "magnitude",
+    calib: torch.Tensor | Iterable[Any] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Remove each layer's smallest-magnitude weights, in place; returns the masks.
+    """Remove each layer's weights by ``criterion``, in place; returns the masks.
 
     Args:
-        model: the network; its layers named in ``sparsities`` are pruned.
+        model: the network (or a ``transformers`` causal LM); its layers named in
+            ``sparsities`` are pruned.
         sparsities: ``{layer name: fraction of its weights removed}`` (e.g. :func:`allocate`'s).
         masks: masks already applied: weights removed before stay removed.
+        criterion: ``magnitude`` (smallest ``|w|`` of the layer), ``wanda`` (smallest
+            ``|w| * ||x||`` per output row; needs ``calib``), or a :class:`Criterion`.
+        calib: calibration inputs for ``wanda``'s input norms.
 
     Returns:
         ``{layer name: bool mask}`` (True = kept), on the weights' device.
@@ -198,10 +240,17 @@ def prune(
             layers[name] = base.get_submodule(name)
         except AttributeError:
             raise UserError(f"the model has no layer {name!r}") from None
-        if not isinstance(layers[name], PRUNABLE_TYPES):
+        if not is_prunable(layers[name]):
             raise UserTypeError(f"layer {name!r} is a {type(layers[name]).__name__}, not a "
                                 "Conv2d / Linear")
-    new = magnitude_masks(layers, [float(s) for s in sparsities.values()])
+    if not isinstance(criterion, Criterion):
+        wrapped, prefix = adapted(base)
+        inner = {prefix + k: m for k, m in layers.items()}
+        x = calibration_tensor(calib) if calib is not None else None
+        found = criterion_for(criterion, wrapped, inner, x)
+        norms = found.norms and {k[len(prefix):]: v for k, v in found.norms.items()}
+        criterion = Criterion(found.name, norms)
+    new = criterion.masks(layers, [float(s) for s in sparsities.values()])
     if masks is not None:
         new = {k: v & masks[k].to(v.device) for k, v in new.items()}
     apply_masks(layers, new)

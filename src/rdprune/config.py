@@ -89,28 +89,44 @@ def finetunes(cfg: DictConfig) -> bool:
 #: :func:`config_id`): the target and seed are the cell's own, the rest is where and how it runs
 NEUTRAL = ("seed", "name", "sparsity", "flops_kept", "paths", "device", "threads", "logger",
            "launcher", "checkpoint_every", "dataset.root", "dataset.num_workers",
-           "dataset.eval_batch_size", "dataset.download")
+           "dataset.eval_batch_size", "dataset.download", "dataset.cache_dir", "rd.shards",
+           "rd.shard")
+#: ``rd.*`` keys that split RD profiling over jobs (``rd.shard`` = k of ``rd.shards``): how the
+#: curves are computed, not what they are, so they are not options of the method
+SHARDING = ("shards", "shard")
+
+
+def rd_options(cfg: DictConfig) -> dict[str, Any]:
+    """The ``rd.*`` options of a rate-distortion method (without the sharding keys)."""
+    return {k: v for k, v in container(cfg.rd).items() if k not in SHARDING}
 
 
 def method_options(cfg: DictConfig) -> dict[str, Any]:
     """The method's settings besides its name: its config's keys, plus ``rd.*`` for a
     rate-distortion method (other methods do not read ``rd.*``)."""
     node = {k: v for k, v in container(cfg.method).items() if k not in ("_target_", "name")}
-    return {**node, **container(cfg.rd)} if is_rd(cfg) else node
+    return {**node, **rd_options(cfg)} if is_rd(cfg) else node
 
 
 def config_id(cfg: DictConfig) -> str:
     """A digest of the resolved config without the :data:`NEUTRAL` keys: runs of one cell and
-    seed with different ``config_id`` differ in some setting (the report names such cells)."""
+    seed with different ``config_id`` differ in some setting (the report names such cells). A
+    setting that follows the seed (``dense.seed: ${seed}``) counts as the same setting."""
     node = copy.deepcopy(cfg)
     with open_dict(node):
         # (del, not pop: pop would resolve the value, whose interpolation may be gone already)
         for key in NEUTRAL + (() if is_rd(cfg) else ("rd",)):  # rd.*: RD methods only
+            if key == "seed":
+                continue  # removed after resolving: other keys may follow it
             parent, _, leaf = key.rpartition(".")
             holder = OmegaConf.select(node, parent) if parent else node
             if isinstance(holder, DictConfig) and leaf in holder:
                 del holder[leaf]
-    return cache.digest(container(node))[:12]
+    plain = container(node)
+    seed = plain.pop("seed")
+    if plain.get("dense", {}).get("seed") == seed:
+        plain["dense"]["seed"] = "${seed}"
+    return cache.digest(plain)[:12]
 
 
 def record(cfg: DictConfig) -> dict[str, Any]:
@@ -146,7 +162,7 @@ def is_rd(cfg: DictConfig) -> bool:
 def build_method(cfg: DictConfig) -> Any:
     """The run's method from ``conf/method``; a rate-distortion method gets ``rd.*`` as its
     options (the one place they are read; other methods ignore them, as documented there)."""
-    return build(cfg.method, options=container(cfg.rd)) if is_rd(cfg) else build(cfg.method)
+    return build(cfg.method, options=rd_options(cfg)) if is_rd(cfg) else build(cfg.method)
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:

@@ -1,8 +1,10 @@
 """Prunable-layer discovery.
 
-A prunable layer is an ``nn.Conv2d`` or ``nn.Linear`` whose forward actually runs when the model
-is called: a module that is defined but never used (the official EfficientNet-B0 has one) is not
-prunable. Layers are listed in model order (``named_modules`` order), keyed by module name; that
+A prunable layer is an ``nn.Conv2d`` or ``nn.Linear`` (or ``transformers``' ``Conv1D``, GPT-2's
+linear layer) whose forward actually runs when the model is called: a module that is defined but
+never used (the official EfficientNet-B0 has one) is not prunable. A model may narrow the set by a
+``prunable_names()`` method (a language model: the linears of its decoder blocks, not the
+embeddings or ``lm_head``; :class:`rdprune.models.lm.CausalLM`). Layers are listed in model order (``named_modules`` order), keyed by module name; that
 order is the one every allocation, curve and mask uses.
 
 Weights that no prunable layer's forward reads (a module that uses another module's weight
@@ -15,7 +17,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+from rdprune.models.lm import linear_types
+
+
+def is_prunable(module: nn.Module) -> bool:
+    """Whether ``module`` is of a prunable type (Conv2d, Linear, transformers' Conv1D)."""
+    return isinstance(module, (nn.Conv2d, *linear_types()))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -34,14 +41,16 @@ def find_prunable(model: nn.Module, example: torch.Tensor) -> dict[str, nn.Modul
         example: a small input batch (one sample is enough).
 
     Returns:
-        ``{module name: module}`` in ``named_modules`` order, only modules called during forward.
+        ``{module name: module}`` in ``named_modules`` order, only modules called during forward
+        (and named by the model's ``prunable_names()``, if it has one).
     """
     model = unwrap(model)
+    allowed = set(model.prunable_names()) if hasattr(model, "prunable_names") else None
     called: set[int] = set()
     hooks = [
         m.register_forward_hook(lambda mod, _inp, _out: called.add(id(mod)))
         for m in model.modules()
-        if isinstance(m, PRUNABLE_TYPES)
+        if is_prunable(m)
     ]
     was_training = model.training
     try:
@@ -54,7 +63,8 @@ def find_prunable(model: nn.Module, example: torch.Tensor) -> dict[str, nn.Modul
     return {
         name: m
         for name, m in model.named_modules()
-        if isinstance(m, PRUNABLE_TYPES) and id(m) in called
+        if is_prunable(m) and id(m) in called
+        and (allowed is None or name in allowed)
     }
 
 

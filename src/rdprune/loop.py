@@ -196,7 +196,8 @@ def run_steps(
                 **(penalty.state_dict() if penalty is not None else {}),
             })
 
-    loss_fn = nn.CrossEntropyLoss()
+    # the data's own loss (a language corpus: next-token cross-entropy), else classification
+    loss_fn = getattr(data, "loss", None) or nn.CrossEntropyLoss()
     per_epoch = max(1, len(data.train) // batch_size) if masks else 0
     net = replica.wrap(model)
     net.train()

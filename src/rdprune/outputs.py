@@ -118,6 +118,7 @@ def summary_metrics(
     masks: Mapping[str, torch.Tensor],
     layer_table: Sequence[Mapping[str, Any]],
     start: float,
+    data_fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """The run's ``metrics.json``: what was run (:func:`rdprune.config.record`), what it
     reached, how long each stage took.
@@ -131,6 +132,7 @@ def summary_metrics(
         masks: the final masks.
         layer_table: :func:`layer_rows` of the final masks.
         start: ``time.perf_counter()`` at the start of the run.
+        data_fingerprint: digest of data read from outside the config (a text corpus).
     """
     last = rows[-1]
     metrics = {
@@ -157,6 +159,12 @@ def summary_metrics(
             "finetune": sum(r["finetune_seconds"] for r in rows),
         },
     }
+    if "perplexity" in last:  # a language model: test perplexity, lower is better
+        metrics.update(dense_perplexity=dense["perplexity"],
+                       pruned_perplexity=last["pruned_perplexity"],
+                       perplexity=last["perplexity"])
+    if data_fingerprint is not None:
+        metrics["data_fingerprint"] = data_fingerprint
     for key in ("predicted_distortion", "profile_seconds", "solve_seconds", "budget_type"):
         if key in last:
             metrics[key] = last[key]
@@ -172,10 +180,19 @@ def summary_table(metrics: Mapping[str, Any]) -> str:
     flops_target = metrics.get("target_flops_kept") is not None
     lines = [
         f"{metrics['model']} on {metrics['dataset']}, method {metrics['method']}, "
-        f"schedule {metrics['schedule']}",
-        f"  {'dense top-1':<22}{metrics['dense_top1']:8.2f} %",
-        f"  {'pruned top-1 (no FT)':<22}{metrics['pruned_top1']:8.2f} %",
-        f"  {'final top-1':<22}{metrics['top1']:8.2f} %",
+        f"schedule {metrics['schedule']}, criterion {metrics['criterion']}",
+    ]
+    if "perplexity" in metrics:  # a language model: perplexity first, top-1 = next token
+        lines += [
+            f"  {'dense perplexity':<22}{metrics['dense_perplexity']:8.2f}",
+            f"  {'pruned perplexity':<22}{metrics['pruned_perplexity']:8.2f}  (no fine-tuning)",
+            f"  {'final perplexity':<22}{metrics['perplexity']:8.2f}",
+        ]
+    top1 = "next-token top-1" if "perplexity" in metrics else "top-1"
+    lines += [
+        f"  {'dense ' + top1:<22}{metrics['dense_top1']:8.2f} %",
+        f"  {'pruned ' + top1:<22}{metrics['pruned_top1']:8.2f} %",
+        f"  {'final ' + top1:<22}{metrics['top1']:8.2f} %",
         f"  {'sparsity':<22}{100 * metrics['achieved_sparsity']:8.2f} %" + (
             "" if flops_target else f"  (target {100 * metrics['target_sparsity']:.2f} %)"),
         f"  {'FLOPs remaining':<22}{100 * metrics['flops_kept']:8.2f} %" + (

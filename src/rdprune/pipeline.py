@@ -21,12 +21,14 @@ checks in :mod:`rdprune.validation`, the files in :mod:`rdprune.outputs`.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,7 +40,7 @@ from torch import nn
 import rdprune
 from rdprune import cache, validation
 from rdprune.admm import admm_phase
-from rdprune.api import allocate, check_target, prune
+from rdprune.api import check_target, prune
 from rdprune.config import (
     budget_of,
     build,
@@ -58,7 +60,9 @@ from rdprune.distortion import joint
 from rdprune.errors import UserError
 from rdprune.flops import flops_kept, layer_macs
 from rdprune.layers import find_prunable, unprunable_weights
-from rdprune.masks import check_masks, layer_sparsities, sparsity_of
+from rdprune.activations import input_norms
+from rdprune.masks import Criterion, check_masks, kept_count, layer_sparsities, sparsity_of
+from rdprune.methods import Problem
 from rdprune.outputs import (
     layer_rows,
     mark_failed,
@@ -67,7 +71,7 @@ from rdprune.outputs import (
     write_atomic,
     write_outputs,
 )
-from rdprune.train import correct, evaluate, fit, predict, top1
+from rdprune.train import correct, fit, predict, top1
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,7 @@ class Run:
     out_dir: Path
     logger: Any
     method: Any
+    data_key: dict[str, Any]
     checkpoint: dict[str, torch.Tensor] | None = None
 
 
@@ -130,7 +135,7 @@ def setup(cfg: DictConfig) -> Run:
         torch.set_num_threads(int(cfg.threads))
     data: Splits = build(cfg.dataset)
     data.calibration_indices()  # the calibration size fits the training split
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.dense.seed)  # the dense model's initialisation
     model: nn.Module = build(cfg.model)
     state = None
     if cfg.dense.checkpoint:
@@ -159,7 +164,9 @@ def setup(cfg: DictConfig) -> Run:
     return Run(cfg=cfg, data=data, model=model, layers=layers,
                macs=layer_macs(model, example.to(device), list(layers)), device=device,
                cache_dir=cache_dir, out_dir=Path(cfg.paths.output_dir).expanduser().resolve(),
-               logger=build(cfg.logger), method=method, checkpoint=state)
+               logger=build(cfg.logger), method=method, checkpoint=state,
+               # what the data depends on: the config, and the corpus a text dataset read
+               data_key={**data_identity(cfg), "fingerprint": getattr(data, "fingerprint", None)})
 
 
 def dense_stage(run: Run) -> dict[str, Any]:
@@ -174,7 +181,7 @@ def dense_stage(run: Run) -> dict[str, Any]:
         source, seconds = "random init", 0.0
     else:
         key = cache.digest("dense", rdprune.__version__, container(cfg.model),
-                           data_identity(cfg), training(cfg, "dense"), cfg.seed)
+                           run.data_key, training(cfg, "dense"), cfg.dense.seed)
         path = run.cache_dir / "dense" / f"{key}.pt"
 
         def train() -> dict[str, Any]:
@@ -182,7 +189,7 @@ def dense_stage(run: Run) -> dict[str, Any]:
             history = fit(
                 model, run.data, steps=cfg.recipe.dense_steps, batch_size=cfg.recipe.batch_size,
                 optimizer=instantiate(cfg.dense.optimizer),
-                scheduler=schedule_factory(cfg, "dense"), seed=cfg.seed, device=run.device,
+                scheduler=schedule_factory(cfg, "dense"), seed=cfg.dense.seed, device=run.device,
                 checkpoint=path.with_suffix(".partial.pt"),
                 checkpoint_every=cfg.checkpoint_every, precision=str(cfg.precision),
                 devices=cfg.devices, desc="dense training",
@@ -199,23 +206,31 @@ def dense_stage(run: Run) -> dict[str, Any]:
         log.info("dense model %s: %s", "loaded from cache" if hit else "trained", path)
     model.to(run.device)
     weights = cache.state_digest(model)
-    accuracy, eval_seconds = cached_top1(run, weights)
-    return {"source": source, "key": weights, "seconds": seconds, "top1": accuracy,
-            "eval_seconds": eval_seconds}
+    scores = cached_evaluation(run, weights)
+    return {"source": source, "key": weights, "seconds": seconds, **scores}
 
 
-def cached_top1(run: Run, weights: str) -> tuple[float, float]:
-    """Test top-1 of the current model (``weights``: its state digest), cached by its weights
-    and the data."""
-    key = cache.digest("top1", weights, data_identity(run.cfg))
+def evaluation(run: Run) -> dict[str, Any]:
+    """The current model on the test split: ``top1`` and per-sample ``correct`` flags of a
+    classifier; ``perplexity``, ``nll`` and next-token ``top1`` of a language model."""
+    if hasattr(run.data, "evaluate"):
+        return run.data.evaluate(run.model, run.device)
+    flags = correct(run.model, run.data, run.device)
+    return {"top1": top1(flags), "correct": flags}
+
+
+def cached_evaluation(run: Run, weights: str) -> dict[str, Any]:
+    """:func:`evaluation` of the current model (``weights``: its state digest) without the
+    per-sample flags, and its ``eval_seconds``, cached by its weights and the data."""
+    key = cache.digest("eval", weights, run.data_key)
 
     def measure() -> dict[str, float]:
         start = time.perf_counter()
-        return {"top1": evaluate(run.model, run.data, run.device),
-                "seconds": time.perf_counter() - start}
+        scores = {k: v for k, v in evaluation(run).items() if k != "correct"}
+        return {**scores, "eval_seconds": time.perf_counter() - start}
 
     result, _ = cache.cached(run.cache_dir / "eval" / f"{key}.pt", measure)
-    return result["top1"], result["seconds"]
+    return result
 
 
 def admm_stage(run: Run, sparsities: list[float], index: int) -> list[dict[str, float]]:
@@ -226,7 +241,7 @@ def admm_stage(run: Run, sparsities: list[float], index: int) -> list[dict[str, 
     cfg, spec = run.cfg, run.cfg.finetune.admm
     ckpt = run.cache_dir / "admm" / (cache.digest(
         "admm", cache.state_digest(run.model), sparsities, training(cfg, "finetune"),
-        data_identity(cfg), cfg.seed, index) + ".partial.pt")
+        run.data_key, cfg.seed, index) + ".partial.pt")
     rows = admm_phase(
         run.model, run.data, run.layers, sparsities, iters=spec.iters,
         steps_per_iter=spec.steps_per_iter, rho=spec.rho, rho_growth=spec.rho_growth,
@@ -238,14 +253,53 @@ def admm_stage(run: Run, sparsities: list[float], index: int) -> list[dict[str, 
     return rows
 
 
+def criterion(run: Run) -> Criterion:
+    """``prune.criterion`` for the current model (wanda: its input norms on the calibration
+    set, measured once per round)."""
+    if run.cfg.prune.criterion == "magnitude":
+        return Criterion()
+    return Criterion("wanda", input_norms(run.model, run.layers, run.data.calibration(),
+                                          batch_size=run.cfg.rd.batch_size, device=run.device))
+
+
+def validator(run: Run, masks: dict[str, torch.Tensor], crit: Criterion
+              ) -> Callable[[dict[str, float]], float] | None:
+    """``{layer: sparsity} -> validation NLL`` of a copy of the model pruned so (a method
+    choosing a hyperparameter on the validation split: ATP), if the data has that split."""
+    if not hasattr(run.data, "validation"):
+        return None
+
+    def nll(sparsities: dict[str, float]) -> float:
+        model = copy.deepcopy(run.model)
+        prune(model, sparsities, masks, criterion=crit)
+        return run.data.evaluate(model, run.device, split="validation")["nll"]
+
+    return nll
+
+
+def problem(run: Run, target: float, masks: dict[str, torch.Tensor],
+            crit: Criterion | None = None) -> Problem:
+    """What the method solves in a round: the target as setup checked it (a fraction removed of
+    the weights, or of the dense MACs), the MACs setup counted, the weights already removed,
+    the criterion that will prune."""
+    budget = budget_of(run.cfg)
+    crit = crit or criterion(run)
+    return Problem(
+        model=run.model, layers=run.layers, target=target, budget=budget,
+        pruned=[m.numel() - kept_count(m) for m in masks.values()],
+        macs=run.macs if budget == "flops" else None, calibration=run.data.calibration(),
+        cache_dir=run.cache_dir, device=run.device, criterion=crit,
+        validate=validator(run, masks, crit),
+    )
+
+
 def prune_round(run: Run, index: int, target: float, masks: dict[str, torch.Tensor]) -> Round:
     """One round: allocate, prune, measure, fine-tune. Mutates ``run.model``."""
     cfg, model, layers = run.cfg, run.model, run.layers
     calib = run.data.calibration()
-    goal = {"sparsity": target} if budget_of(cfg) == "params" else {"flops_kept": 1.0 - target}
     start = time.perf_counter()
-    alloc = allocate(model, calib, method=run.method, masks=masks, layers=layers,
-                     cache_dir=run.cache_dir, **goal)
+    crit = criterion(run)
+    alloc = run.method.allocate(problem(run, target, masks, crit))
     alloc_seconds = time.perf_counter() - start
 
     bs = run.data.eval_batch_size
@@ -254,17 +308,17 @@ def prune_round(run: Run, index: int, target: float, masks: dict[str, torch.Tens
     admm_rows = admm_stage(run, list(alloc.values()), index) if cfg.finetune.name == "admm" \
         else []
     admm_seconds = time.perf_counter() - start
-    new = prune(model, alloc, masks)  # pruned weights stay pruned, whatever the allocation says
+    # pruned weights stay pruned, whatever the allocation says
+    new = prune(model, alloc, masks, criterion=crit)
     distortion = joint(reference, predict(model, calib, bs, run.device))
-    flags = correct(model, run.data, run.device)
-    pruned_top1 = top1(flags)
+    pruned = evaluation(run)
 
     start = time.perf_counter()
     history = []
     if finetunes(cfg):
         ckpt = run.cache_dir / "finetune" / (
             cache.digest("ft", cache.state_digest(model), new, training(cfg, "finetune"),
-                         data_identity(cfg), cfg.seed, index) + ".partial.pt")
+                         run.data_key, cfg.seed, index) + ".partial.pt")
         history = fit(
             model, run.data, steps=cfg.recipe.finetune_steps, batch_size=cfg.recipe.batch_size,
             optimizer=instantiate(cfg.finetune.optimizer),
@@ -275,8 +329,7 @@ def prune_round(run: Run, index: int, target: float, masks: dict[str, torch.Tens
         )
         ckpt.unlink(missing_ok=True)
     ft_seconds = time.perf_counter() - start
-    if finetunes(cfg):
-        flags = correct(model, run.data, run.device)
+    final = evaluation(run) if finetunes(cfg) else pruned
     check_masks(layers, new, f"after fine-tuning round {index}")
 
     densities = [1.0 - s for s in layer_sparsities(new)]
@@ -286,8 +339,10 @@ def prune_round(run: Run, index: int, target: float, masks: dict[str, torch.Tens
         "target_flops_kept": 1.0 - target if budget_of(cfg) == "flops" else None,
         "achieved_sparsity": sparsity_of(new),
         "flops_kept": flops_kept([run.macs[k] for k in layers], densities),
-        "pruned_top1": pruned_top1,
-        "top1": top1(flags),
+        "pruned_top1": pruned["top1"],
+        "top1": final["top1"],
+        **({"pruned_perplexity": pruned["perplexity"], "perplexity": final["perplexity"]}
+           if "perplexity" in final else {}),
         "joint_distortion_mean": distortion["mean"],
         "joint_distortion_worst": distortion["worst"],
         "allocate_seconds": alloc_seconds,
@@ -298,7 +353,8 @@ def prune_round(run: Run, index: int, target: float, masks: dict[str, torch.Tens
     return Round(index=index, row=row,
                  state={k: v.detach().cpu() for k, v in model.state_dict().items()},
                  masks={k: v.cpu() for k, v in new.items()}, history=history, admm=admm_rows,
-                 curves=alloc.curves, grid=alloc.grid, correct=flags.numpy())
+                 curves=alloc.curves, grid=alloc.grid,
+                 correct=final["correct"].numpy() if "correct" in final else None)
 
 
 def rounds_stage(run: Run) -> tuple[list[Round], dict[str, torch.Tensor]]:
@@ -310,7 +366,7 @@ def rounds_stage(run: Run) -> tuple[list[Round], dict[str, torch.Tensor]]:
         key = cache.digest(
             "round", rdprune.__version__, cache.state_digest(run.model), masks,
             cfg.method.name, method_options(cfg), target, budget_of(cfg), training(cfg, "finetune"),
-            data_identity(cfg), cfg.dataset.calib_size, cfg.seed, index,
+            run.data_key, cfg.dataset.calib_size, cfg.seed, index,
         )
         compute = functools.partial(prune_round, run, index, target, masks)
         record, hit = cache.cached(run.cache_dir / "rounds" / f"{key}.pt", compute)
@@ -326,6 +382,26 @@ def rounds_stage(run: Run) -> tuple[list[Round], dict[str, torch.Tensor]]:
         run.logger.log({f"round/{k}": v for k, v in row.items()}, step=index)
         rounds.append(record)
     return rounds, masks
+
+
+def shard_stage(run: Run) -> dict[str, Any]:
+    """``rd.shard`` = k: profile shard k's layers of round 1 into the cache (resumable, like any
+    profiling), leave ``shard.json`` in the run directory, and stop. The run without
+    ``rd.shard`` then finds the curves in the cache (docs/slurm.md)."""
+    cfg = run.cfg
+    masks = {k: torch.ones_like(m.weight, dtype=torch.bool) for k, m in run.layers.items()}
+    start = time.perf_counter()
+    done, _, measured = run.method.curves(problem(run, targets(cfg)[0], masks),
+                                          shards=cfg.rd.shards, shard=cfg.rd.shard)
+    result = {**record(cfg), "shard": cfg.rd.shard, "shards": cfg.rd.shards,
+              "measured_layers": measured, "num_layers": len(run.layers),
+              "complete": done is not None, "seconds": time.perf_counter() - start}
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run.out_dir / "shard.json", json.dumps(result, indent=2) + "\n")
+    print(f"RD profiling shard {cfg.rd.shard} of {cfg.rd.shards}: {measured} layers measured; "
+          f"curves {'complete' if done is not None else 'incomplete (other shards pending)'}",
+          flush=True)
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,6 +424,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     out = _output_dir(cfg)
     try:
+        validation.check_config(cfg)  # (the record reads the target and seed)
         if out is not None:  # what the run is, for the report to place a failed or killed job
             out.mkdir(parents=True, exist_ok=True)
             write_atomic(out / "run.json", json.dumps(record(cfg), indent=2) + "\n")
@@ -366,10 +443,14 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     ok = False
     try:
         dense = dense_stage(run)
+        if cfg.rd.shard is not None:
+            result = shard_stage(run)
+            ok = True
+            return result
         rounds, masks = rounds_stage(run)
         rows = layer_rows(run.layers, masks, run.macs)
         metrics = summary_metrics(cfg, run.model, run.layers, dense, [r.row for r in rounds],
-                                  masks, rows, wall)
+                                  masks, rows, wall, run.data_key["fingerprint"])
         last = rounds[-1]
         write_outputs(run.out_dir, cfg, metrics, [r.row for r in rounds], rows, masks,
                       run.model, admm_rows=last.admm, correct=last.correct,

@@ -55,6 +55,8 @@ def _scan(dirs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path], li
             seen.add(here.resolve())
             if "additivity.csv" in filenames:
                 additivity.append(here / "additivity.csv")
+            if "shard.json" in filenames:  # a profiling shard (rd.shard): no run to report
+                continue
             if "metrics.json" in filenames:
                 runs.append(here)
             # an experiment script's Hydra dir (additivity.csv, no metrics.json) is not a failed job

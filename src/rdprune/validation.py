@@ -90,6 +90,11 @@ def check_config(cfg: DictConfig) -> None:
                         f"autocast), got {cfg.precision!r}")
     if cfg.get("threads") is not None:
         _number("threads", cfg.threads, lo=1, hi=math.inf, integer=True)
+    lm = cfg.model.get("_target_") == "rdprune.models.causal_lm"
+    if lm != (cfg.dataset.name == "text"):
+        needs = "dataset=text" if lm else "an image dataset (digits, synthetic, cifar10, ...)"
+        raise UserError(f"model {cfg.model_name} is {'a language' if lm else 'an image'} model: "
+                        f"it needs {needs}, got dataset={cfg.dataset.name}")
     if cfg.prune.criterion not in CRITERIA:
         raise UserError(f"prune.criterion must be one of {', '.join(CRITERIA)}, got "
                         f"{cfg.prune.criterion!r}")

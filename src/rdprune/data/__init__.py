@@ -37,10 +37,11 @@ from rdprune.data.splits import (
     step_seed,
 )
 from rdprune.data.synthetic_images import synthetic
+from rdprune.data.text_corpus import TextSplits, text
 from rdprune.data.torchvision_cifar import cifar, cifar_splits
 
 __all__ = [
     "CIFAR_MEAN", "CIFAR_STD", "IMAGENET_MEAN", "IMAGENET_STD", "TRAIN_TRANSFORMS", "Splits",
     "TensorImages", "TransformedDataset", "cifar", "cifar_splits", "digits", "imagenet",
-    "step_seed", "synthetic",
+    "step_seed", "synthetic", "TextSplits", "text",
 ]

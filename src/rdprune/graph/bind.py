@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import fx, nn
 
-from rdprune.layers import PRUNABLE_TYPES
+from rdprune.layers import is_prunable
 
 BATCHNORMS = nn.modules.batchnorm._BatchNorm
 
@@ -67,7 +67,7 @@ def bind(graph: fx.Graph, root: nn.Module) -> Bindings:
                 mod.running_mean is None or mod.running_var is None
             ):
                 batch_stats = True
-            if isinstance(mod, PRUNABLE_TYPES) and is_plain(mod):
+            if is_prunable(mod) and is_plain(mod):
                 bias = mod.bias.detach() if mod.bias is not None else None
                 weighted[node] = Weighted(mod, mod.weight.detach(), bias)
             elif getattr(mod, "inplace", False) is True:

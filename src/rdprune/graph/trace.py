@@ -20,7 +20,7 @@ from torch import fx, nn
 from rdprune.errors import one_line
 from rdprune.graph.errors import Untraceable
 from rdprune.graph.inplace import normalise_inplace
-from rdprune.layers import PRUNABLE_TYPES
+from rdprune.layers import is_prunable
 
 # Defaults torch.fx can specialise on (it checks them with an assert in the graph).
 _CONCRETE_TYPES = (type(None), bool, int, float, str)
@@ -32,7 +32,7 @@ class _Tracer(fx.Tracer):
         self._layers = {id(m) for m in layers}
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, PRUNABLE_TYPES):
+        if is_prunable(m):
             return True
         if any(id(c) in self._layers for c in m.modules()):
             return False

@@ -19,10 +19,13 @@ from rdprune.models.densenet_cifar import densenet121
 from rdprune.models.efficientnet_cifar import efficientnet_b0
 from rdprune.models.hub import named_model, torchvision_model
 from rdprune.models.lenet import lenet5
+from rdprune.models.lm import CausalLM, causal_lm
 from rdprune.models.resnet_cifar import cifar_resnet, resnet32
 from rdprune.models.vgg_cifar import vgg16
 
 __all__ = [
+    "CausalLM",
+    "causal_lm",
     "cifar_resnet",
     "densenet121",
     "efficientnet_b0",

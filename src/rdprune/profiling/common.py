@@ -12,7 +12,7 @@ from torch import nn
 from rdprune.distortion import check_reduction
 from rdprune.errors import UserError
 from rdprune.graph import Placement
-from rdprune.layers import PRUNABLE_TYPES, find_prunable
+from rdprune.layers import find_prunable, is_prunable
 
 Layers = Mapping[str, nn.Module] | Sequence[str] | None
 
@@ -65,7 +65,7 @@ def resolve_layers(
         except AttributeError as exc:
             raise UserError(f"unknown layer name: {exc}") from exc
     for name, mod in zip(names, mods):
-        if not isinstance(mod, PRUNABLE_TYPES):
+        if not is_prunable(mod):
             raise UserError(f"layer {name!r} is a {type(mod).__name__}, not a Conv2d / Linear")
     return names, mods
 

@@ -5,8 +5,9 @@ See the package docstring for what it computes and how it relates to the naive s
 
 from __future__ import annotations
 
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -17,11 +18,12 @@ from rdprune.distortion import Accumulator
 from rdprune.errors import one_line
 from rdprune.graph import Placement, TracedModel, Untraceable
 from rdprune.layers import unwrap
-from rdprune.masks import kept_count, magnitude_order, num_pruned
+from rdprune.masks import Criterion, kept_count, num_pruned
 from rdprune.profiling.common import (
     Layers, check_grid, check_output, chunks, device_of, preserve_modes, resolve_layers,
 )
 from rdprune.profiling.naive import rd_curves_naive
+from rdprune.profiling.store import Sink
 from rdprune.progress import bar as progress_bar
 
 _CHECK_SAMPLES = 4  # samples on which the traced graph is checked against the eager model
@@ -44,6 +46,8 @@ def rd_curves(
     reuse: bool = True,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = True,
+    sink: Sink | None = None,
+    criterion: Criterion | None = None,
 ) -> np.ndarray:
     """Per-layer rate-distortion curves, computed without redoing layer-independent work.
 
@@ -72,12 +76,18 @@ def rd_curves(
             ``torch.bfloat16`` on CUDA); ``None`` = the model's own precision.
         channels_last: use channels-last memory format for 4-D activations and conv weights
             (faster conv kernels; changes float32 rounding, like ``fold_bn``).
+        sink: measure only the layers ``sink.take(l)`` accepts and report each row to
+            ``sink.put(l, row, seconds)`` as soon as it is measured (resumable profiling,
+            :mod:`rdprune.profiling.store`); rows not measured stay zero.
+        criterion: which weights go at each grid point (:class:`rdprune.masks.Criterion`;
+            default magnitude).
 
     Returns:
         float64 array ``[L, K]``: row l = layer l, column k = ``grid[k]``.
     """
     base = unwrap(model)
     grid = check_grid(grid, reduction)
+    criterion = criterion or Criterion()
     with preserve_modes(base):
         base.eval()
         names, mods = resolve_layers(base, inputs, layers)
@@ -92,6 +102,7 @@ def rd_curves(
             return rd_curves_naive(
                 model, inputs, grid, reduction, layers=dict(zip(names, mods)),
                 batch_size=batch_size, progress=progress, autocast_dtype=autocast_dtype,
+                sink=sink, criterion=criterion,
             )  # fmt: skip
 
         try:
@@ -115,11 +126,17 @@ def rd_curves(
         unbatched: list[str] = []
         with torch.inference_mode():
             for li, mod in enumerate(progress_bar(mods, desc="RD curves", disable=not progress)):
+                if sink is not None and not sink.take(li):
+                    continue
+                start = time.perf_counter()
                 out[li], failure = _fast_layer_curve(
-                    traced, li, mod, grid, reduction, inputs, ys, chunk, grid_batch, reuse, ctx
+                    traced, li, mod, grid, reduction, inputs, ys, chunk, grid_batch, reuse, ctx,
+                    lambda counts, name=names[li], mod=mod: criterion.removed(name, mod, counts),
                 )
                 if failure:
                     unbatched.append(f"{names[li]}: {failure}")
+                if sink is not None:
+                    sink.put(li, out[li], time.perf_counter() - start)
         if unbatched:  # one warning per call, not one per layer
             warnings.warn(
                 f"rd_curves: grid batching failed for {len(unbatched)} of {len(mods)} layers "
@@ -175,10 +192,12 @@ def _fast_layer_curve(
     grid_batch: int,
     reuse: bool,
     ctx: Placement,
+    removed: Callable[[list[int]], list[torch.Tensor]],
 ) -> tuple[np.ndarray, str]:
     """One row of curves, and why grid batching failed for it (empty if it did not).
 
-    Only distinct prune counts that remove a non-zero weight are run.
+    Only distinct prune counts that remove a non-zero weight are run; ``removed(counts)`` gives
+    the weights each count removes (chosen from the ORIGINAL weight, also when BN is folded).
     """
     weight = mod.weight.detach()
     numel = weight.numel()
@@ -189,8 +208,7 @@ def _fast_layer_curve(
     row = np.zeros(len(grid), dtype=np.float64)
     if not todo or not traced.affects_output(li):
         return row, ""
-    order = magnitude_order(weight)  # from the ORIGINAL magnitudes, also when BN is folded
-    zeroed = [order[:c] for c in todo]
+    zeroed = removed(todo)
     failure = ""
     try:
         acc = _accumulate(traced, li, zeroed, inputs, ys, chunk, grid_batch, reuse, ctx)
