@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep on a shared CPU
@@ -16,7 +17,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from rdprune import cache
-from rdprune.admm import admm_phase, project
+from rdprune.admm import RESIDUALS, admm_phase, project
+from rdprune.data import step_seed
 from rdprune.errors import UserError
 from rdprune.masks import (
     apply_masks,
@@ -159,6 +161,72 @@ def test_layer_without_constraint_gets_no_penalty(data):
                          batch_size=32, optimizer=SGD, progress=False)
     for row in history:
         assert row["penalty"] == row["primal_residual"] == row["dual_residual"] == 0.0
+
+
+def reference_admm(data, sparsities, *, iters, steps_per_iter, rho, rho_growth, seed):
+    """ADMM written out step by step, independently of the training loop: ``steps_per_iter``
+    SGD steps on cross-entropy + ``rho/2 sum ||W - (Z - U)||^2``, then the Z- and U-steps and
+    ``rho *= rho_growth``. Returns the model and the final Z and U."""
+    model, layers = mlp()
+    opt = SGD(model.parameters())
+    kept = {name: m.weight.numel() - num_pruned(m.weight.numel(), s)
+            for (name, m), s in zip(layers.items(), sparsities)}
+    weights = {name: m.weight for name, m in layers.items()}
+    z = {name: project(w, kept[name]) for name, w in weights.items()}
+    u = {name: torch.zeros_like(w) for name, w in weights.items()}
+    step = 0
+    for _ in range(iters):
+        for _ in range(steps_per_iter):
+            [(x, y)] = data.train_batches(32, seed, step, step + 1)
+            torch.manual_seed(step_seed(seed, step))
+            loss = nn.functional.cross_entropy(model(x), y)
+            penalty = torch.zeros(())
+            for name, w in weights.items():
+                penalty = penalty + (w - (z[name] - u[name])).pow(2).sum()
+            opt.zero_grad()
+            (loss + penalty * (rho / 2)).backward()
+            opt.step()
+            step += 1
+        with torch.no_grad():
+            z = {name: project(w + u[name], kept[name]) for name, w in weights.items()}
+            u = {name: u[name] + w - z[name] for name, w in weights.items()}
+        rho *= rho_growth
+    return model, z, u
+
+
+@pytest.mark.parametrize("log_every", [1, 3, 4, 7, 100])
+def test_z_and_u_steps_follow_steps_per_iter_whatever_log_every(data, tmp_path, log_every):
+    """Exactly ``iters`` Z/U-steps, after steps 4, 8, 12: W, Z and U are bitwise those of the
+    written-out ADMM whatever the logging interval; rows every ``log_every`` steps."""
+    settings = dict(iters=3, steps_per_iter=4, rho=0.5, rho_growth=2.0, seed=5)
+    expected, z, u = reference_admm(data, [0.8, 0.5], **settings)
+    model, layers = mlp()
+    ckpt = tmp_path / "admm.pt"
+    history = admm_phase(model, data, layers, [0.8, 0.5], batch_size=32, optimizer=SGD,
+                         checkpoint=ckpt, progress=False, log_every=log_every, **settings)
+    for key, value in expected.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    state = cache.load(ckpt)
+    assert state["iteration"] == 3 and state["rho"] == 0.5 * 2.0**3
+    for name in layers:
+        assert torch.equal(state["z"][name], z[name]) and torch.equal(state["u"][name], u[name])
+
+    steps = sorted({*range(log_every, 13, log_every), 12})
+    assert [r["step"] for r in history] == steps
+    assert [r["iter"] for r in history] == [s // 4 for s in steps]
+    assert [r["rho"] for r in history] == [0.5 * 2.0 ** ((s - 1) // 4) for s in steps]
+    for row in history:  # the residuals of the last iteration done, none before the first
+        assert all(math.isnan(row[k]) for k in RESIDUALS) == (row["step"] < 4)
+    # at an iteration's end, the residuals of that iteration, as one row per iteration has them
+    model, layers = mlp()
+    per_iter = admm_phase(model, data, layers, [0.8, 0.5], batch_size=32, optimizer=SGD,
+                          progress=False, **settings)
+    assert [r["step"] for r in per_iter] == [4, 8, 12]
+    by_step = {r["step"]: r for r in history}
+    for row in per_iter:
+        if row["step"] in by_step:
+            assert {k: by_step[row["step"]][k] for k in (*RESIDUALS, "iter", "rho")} == \
+                {k: row[k] for k in (*RESIDUALS, "iter", "rho")}
 
 
 # ---------------------------------------------------------------- resume

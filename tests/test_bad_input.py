@@ -70,6 +70,8 @@ CASES = {
     "dataset.calib_size=0": "dataset.calib_size must be",
     "precision=fp16": "precision must be one of 32, bf16",
     f"devices={(os.cpu_count() or 1) + 1}": "cores",
+    "finetune=admm devices=2": r"^finetune=admm runs its ADMM phase in one process, devices=2 is "
+                               "not supported: use devices=1$",
     "recipe.finetune_schedule=linear": "recipe.finetune_schedule must be one of",
     "rd.reduction=median": "reduction",
     "checkpoint_every=0": "checkpoint_every must be",

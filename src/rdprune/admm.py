@@ -13,7 +13,8 @@ prunes it with :func:`rdprune.masks.magnitude_masks` (whose choice :func:`projec
 exactly) and retrains with the masks fixed (:func:`rdprune.train.fit`).
 
 The W-steps run in the shared training loop (:func:`rdprune.loop.run_steps`) with the penalty as
-a :class:`rdprune.loop.Penalty` that also does the Z- and U-steps at the end of every iteration, so
+a :class:`rdprune.loop.Penalty` whose per-step hook (:meth:`~rdprune.loop.Penalty.after_step`)
+does the Z- and U-steps after the last step of every iteration, whatever the logging interval, so
 the phase is deterministic on CPU like :func:`rdprune.train.fit` (batches are a function of
 ``(seed, global step)``, the model's randomness is reseeded at every step) and a phase killed and
 restarted from its checkpoint (saved after every ADMM iteration, and on a stop signal after the
@@ -37,6 +38,9 @@ from rdprune.loop import run_steps
 from rdprune.masks import magnitude_mask_count, num_pruned
 
 log = logging.getLogger(__name__)
+
+#: the residuals of an ADMM iteration, in its history rows
+RESIDUALS = ("primal_residual", "primal_residual_rel", "dual_residual")
 
 
 def project(w: torch.Tensor, keep: int) -> torch.Tensor:
@@ -99,6 +103,7 @@ def admm_phase(
     precision: str = "32",
     desc: str = "ADMM",
     progress: bool = True,
+    log_every: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place with ADMM towards per-layer sparsities; one row per iteration.
 
@@ -129,20 +134,29 @@ def admm_phase(
         precision: "32" or "bf16" (autocast for the forward; the penalty is in float32).
         desc: progress-bar and log label.
         progress: show a progress bar.
+        log_every: steps per history row (default ``steps_per_iter``: one row per iteration).
+            The Z- and U-steps follow ``steps_per_iter`` whatever it is: the trajectory does not
+            depend on it.
 
     Returns:
-        One dict per completed iteration (all of them, also those done before a resume):
-        ``iter``, ``step`` (global steps done), ``rho`` (used in this iteration), ``loss`` (mean
-        training cross-entropy), ``penalty`` (mean ``rho/2 sum ||W - Z + U||^2`` of the
-        W-step), ``primal_residual`` (``||W - Z||_F`` over all constrained layers),
-        ``primal_residual_rel`` (divided by ``||W||_F``), ``dual_residual``
-        (``rho * ||Z - Z_prev||_F``).
+        With the default ``log_every``, one dict per completed iteration (all of them, also
+        those done before a resume): ``iter``, ``step`` (global steps done), ``rho`` (used in
+        this iteration), ``loss`` (mean training cross-entropy), ``penalty`` (mean
+        ``rho/2 sum ||W - Z + U||^2`` of the W-step), ``primal_residual`` (``||W - Z||_F`` over
+        all constrained layers), ``primal_residual_rel`` (divided by ``||W||_F``),
+        ``dual_residual`` (``rho * ||Z - Z_prev||_F``). With another ``log_every``, one such
+        row every ``log_every`` steps and at the end: ``iter`` is the number of iterations
+        completed, ``rho`` that of the row's last step, ``loss`` and ``penalty`` the means over
+        the row's steps, the residuals those of the last completed iteration (NaN before the
+        first).
 
     Raises:
         TrainingDivergedError: the loss or penalty is NaN/inf (the last checkpoint is kept).
         UserError: bad settings, or a checkpoint written with other settings or more iterations.
     """
     _check_args(layers, sparsities, iters, steps_per_iter, rho, rho_growth)
+    if log_every is not None and log_every < 1:
+        raise UserError(f"ADMM log_every must be >= 1, got {log_every}")
     device = torch.device(device)
     model.to(device)
     kept = {name: m.weight.numel() - num_pruned(m.weight.numel(), s)
@@ -158,7 +172,7 @@ def admm_phase(
     return run_steps(
         model, data, steps=iters * steps_per_iter, batch_size=batch_size, optimizer=optimizer,
         seed=seed, device=device, checkpoint=checkpoint, checkpoint_every=steps_per_iter,
-        precision=precision, desc=desc, log_every=steps_per_iter, progress=progress,
+        precision=precision, desc=desc, log_every=log_every or steps_per_iter, progress=progress,
         penalty=admm, save_at_end=True,
     )
 
@@ -182,6 +196,8 @@ class _Admm:
             self.z = {name: project(w, kept[name]) for name, w in self.weights.items()}
             self.u = {name: torch.zeros_like(w) for name, w in self.weights.items()}
         self.rho, self.iteration = rho, 0
+        self.step_rho = rho  # the rho of the last step done
+        self.residuals = dict.fromkeys(RESIDUALS, math.nan)  # of the last completed iteration
         self._anchor()
 
     def _anchor(self) -> None:
@@ -194,8 +210,12 @@ class _Admm:
             penalty = penalty + (w.float() - self.anchors[name]).pow(2).sum()
         return penalty * (self.rho / 2)
 
-    def log(self, row: dict[str, float]) -> dict[str, Any]:
-        """Z-step, U-step and residuals at the end of an iteration; then ``rho *= rho_growth``."""
+    def after_step(self, step: int) -> None:
+        """After the last W-step of an iteration (``step`` a multiple of ``steps_per_iter``):
+        Z-step, U-step and residuals; then ``rho *= rho_growth``."""
+        self.step_rho = self.rho
+        if step % self.steps_per_iter:
+            return
         weights = self.weights
         with torch.no_grad():
             z_prev = self.z
@@ -206,16 +226,19 @@ class _Admm:
             w_norm = _norm(weights)
             dual = self.rho * _norm({name: self.z[name] - z_prev[name] for name in weights})
         self.iteration += 1
-        out = {
-            "iter": self.iteration, "step": row["step"], "rho": self.rho,
-            "loss": row["loss"], "penalty": row["penalty"], "primal_residual": primal,
-            "primal_residual_rel": primal / w_norm if w_norm else 0.0, "dual_residual": dual,
-        }
-        log.info("%s iteration %d/%d: rho %.3g loss %.4f primal %.4g (rel %.3g) dual %.4g",
-                 self.desc, self.iteration, self.iters, self.rho, out["loss"], primal,
-                 out["primal_residual_rel"], dual)
+        self.residuals = {"primal_residual": primal,
+                          "primal_residual_rel": primal / w_norm if w_norm else 0.0,
+                          "dual_residual": dual}
         self.rho *= self.rho_growth
         self._anchor()
+
+    def log(self, row: dict[str, float]) -> dict[str, Any]:
+        """The history row: the loop's means, the iterations done and the latest residuals."""
+        out = {"iter": self.iteration, "step": row["step"], "rho": self.step_rho,
+               "loss": row["loss"], "penalty": row["penalty"], **self.residuals}
+        log.info("%s iteration %d/%d: rho %.3g loss %.4f primal %.4g (rel %.3g) dual %.4g",
+                 self.desc, self.iteration, self.iters, out["rho"], out["loss"],
+                 out["primal_residual"], out["primal_residual_rel"], out["dual_residual"])
         return out
 
     def where(self, step: int) -> str:
@@ -225,6 +248,7 @@ class _Admm:
 
     def state_dict(self) -> dict[str, Any]:
         return {"signature": self.signature, "iteration": self.iteration, "rho": self.rho,
+                "step_rho": self.step_rho, "residuals": self.residuals,
                 "z": {k: v.cpu() for k, v in self.z.items()},
                 "u": {k: v.cpu() for k, v in self.u.items()}}
 
@@ -242,4 +266,7 @@ class _Admm:
         self.z = {k: v.to(self.device) for k, v in state["z"].items()}
         self.u = {k: v.to(self.device) for k, v in state["u"].items()}
         self.rho, self.iteration = state["rho"], state["iteration"]
+        # older checkpoints lack these: they only fill rows logged mid-iteration
+        self.step_rho = state.get("step_rho", self.rho)
+        self.residuals = state.get("residuals", dict.fromkeys(RESIDUALS, math.nan))
         self._anchor()

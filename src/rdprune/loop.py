@@ -101,15 +101,24 @@ class Replica:
 class Penalty(Protocol):
     """A term added to every step's loss, with state kept in the loop's checkpoints.
 
-    :mod:`rdprune.admm` uses it for the W-step's ``rho/2 ||W - Z + U||^2`` and its Z- and U-steps.
+    :mod:`rdprune.admm` uses it for the W-step's ``rho/2 ||W - Z + U||^2``, and its
+    :meth:`after_step` for the Z- and U-steps at the end of every ADMM iteration.
+
+    Per step the loop calls, in this order: the penalty itself (added to the step's loss), the
+    optimizer step (masks re-applied), :meth:`after_step`, then, every
+    ``log_every`` steps and at the end, :meth:`log`, then the checkpoint, if one is due.
     """
 
     def __call__(self) -> torch.Tensor:
         """The penalty of the coming step (a float32 scalar on the model's device)."""
 
+    def after_step(self, step: int) -> None:
+        """Called after every optimizer step; ``step``: the global steps done so far (1 after
+        the first). May update the penalty's state (it is checkpointed after this call)."""
+
     def log(self, row: dict[str, float]) -> dict[str, Any]:
         """The history row of the ``log_every`` steps up to ``row["step"]``, from the loop's row
-        (``step``, mean ``loss`` and ``penalty``, ``lr``); may update the penalty's state."""
+        (``step``, mean ``loss`` and ``penalty``); does not change the penalty's state."""
 
     def where(self, step: int) -> str:
         """Where global step ``step`` is, for error messages."""
@@ -150,8 +159,8 @@ def run_steps(
     Args:
         replica: how this process shares the run (default: it is alone). Only rank 0 writes
             checkpoints and shows progress; every rank enforces the masks.
-        penalty: a term added to the loss (its mean is logged as ``penalty``); its rows make up
-            the history.
+        penalty: a term added to the loss (its mean is logged as ``penalty``), told of every
+            step done (:meth:`Penalty.after_step`); its rows make up the history.
         save_at_end: also checkpoint after the last step (a phase that can be continued).
 
     Returns:
@@ -235,6 +244,8 @@ def run_steps(
             if extra is not None:
                 window["penalty"].append(extra.item())
             done = step + 1
+            if penalty is not None:
+                penalty.after_step(done)
             if done % log_every == 0 or done == steps:
                 row = {"step": done, "loss": _mean(window["loss"])}
                 if penalty is not None:

@@ -167,10 +167,13 @@ def resolve_device(name: Any) -> torch.device:
 
 
 def check_machine(cfg: DictConfig, device: torch.device) -> None:
-    """``devices`` and ``precision`` against this machine."""
+    """``devices`` and ``precision`` against this machine (and ``finetune=admm``, one process)."""
     from rdprune.distributed import resolve_devices
 
     world = resolve_devices(cfg.devices, device)
+    if world > 1 and cfg.finetune.name == "admm":
+        raise UserError(f"finetune=admm runs its ADMM phase in one process, devices={cfg.devices} "
+                        "is not supported: use devices=1")
     cores = os.cpu_count() or 1
     if device.type == "cpu" and world > cores:
         raise UserError(f"devices={cfg.devices} on CPU starts {world} training processes but this "
