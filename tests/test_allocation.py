@@ -5,16 +5,17 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
 from rdprune.allocation import (
     BASELINES,
+    _lamp_scores,
     erk,
     get_baseline,
     global_magnitude,
     lamp,
-    lamp_scores,
     uniform,
     uniform_plus,
 )
@@ -237,9 +238,20 @@ def test_lamp_matches_definition(sparsity, zeros):
 def test_lamp_scores_definition():
     w = torch.tensor([0.0, -3.0, 1.0, 2.0, 0.0])
     # ascending |w|: 0, 0, 1, 2, 3 -> suffix sums of squares 14, 14, 14, 13, 9
-    expected = torch.tensor([0.0, 0.0, 1 / 14, 4 / 13, 1.0], dtype=torch.float64)
-    assert torch.allclose(lamp_scores(w), expected, rtol=1e-15, atol=0)
-    assert torch.equal(lamp_scores(torch.zeros(3)), torch.zeros(3, dtype=torch.float64))
+    expected = np.array([0.0, 0.0, 1 / 14, 4 / 13, 1.0])
+    scores = _lamp_scores(w, 0)
+    assert scores.dtype == np.float64
+    np.testing.assert_allclose(scores, expected, rtol=1e-15, atol=0)
+    assert np.array_equal(_lamp_scores(torch.zeros(3), 0), np.zeros(3))
+    # what lamp() removes follows these scores: with a second layer [1, 1, 1, 1] (scores 1/4,
+    # 1/3, 1/2, 1), the global order is 0 0 1/14 (first layer) 1/4 (second) 4/13 (first) 1/3 1/2
+    # (second): 1/4 < 4/13 < 1/3, where magnitudes alone would tie 1 with 1, 1, 1, 1
+    ws = [w, torch.ones(4)]
+    removed = [(0, 0), (1, 0), (2, 0), (3, 0), (3, 1), (4, 1), (4, 2), (4, 3)]
+    for k, (a, b) in enumerate(removed):
+        assert lamp(ws, k / 9) == [a / 5, b / 4], k
+    # zeros score 0 (0/0 := 0): an all-zero layer goes before any non-zero weight
+    assert lamp([torch.zeros(3), torch.tensor([1.0, 2.0])], 3 / 5) == [1.0, 0.0]
 
 
 @pytest.mark.parametrize("sparsity", [0.9, 0.98, 0.999])

@@ -207,8 +207,9 @@ def global_magnitude(weights: Sequence[torch.Tensor], sparsity: float) -> list[f
     return [c / w.numel() for c, w in zip(counts, weights)]
 
 
-def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
-    """LAMP scores of one layer, in ascending-magnitude order (float64 CPU tensor, non-decreasing).
+def _lamp_scores(weight: torch.Tensor, i: int) -> np.ndarray:
+    """LAMP scores of one layer (layer ``i``, for error messages), in ascending-magnitude order
+    (float64, non-decreasing).
 
     ``score(u) = w_u^2 / sum_{v >= u} w_v^2`` over the layer's weights sorted by ``|w|``; a zero
     weight scores 0 (0/0 := 0). Computed with NumPy on the CPU (its sort is about 3x faster than
@@ -216,10 +217,6 @@ def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
     the order and the scores stay non-decreasing even after rounding: the lowest-scored weights of
     a layer are exactly its smallest magnitudes.
     """
-    return torch.from_numpy(_lamp_scores(weight, 0))
-
-
-def _lamp_scores(weight: torch.Tensor, i: int) -> np.ndarray:
     mags = _abs_numpy(weight, weight.dtype == torch.float64)  # a fresh array: sort in place
     mags.sort()
     _check_finite(mags, i, mags[-1])  # nan sorts last
@@ -234,7 +231,7 @@ def _lamp_scores(weight: torch.Tensor, i: int) -> np.ndarray:
 def lamp(weights: Sequence[torch.Tensor], sparsity: float) -> list[float]:
     """LAMP (Lee et al., ICLR 2021): keep the global top-k layer-adaptive magnitude scores.
 
-    ``k = N - num_pruned(N, sparsity)``; see :func:`lamp_scores`. The largest weight of a layer
+    ``k = N - num_pruned(N, sparsity)``; see :func:`_lamp_scores`. The largest weight of a layer
     scores 1, so with ``k >= number of layers`` no non-zero layer is fully pruned. Returns
     ``removed_l / n_l`` (exact).
     """

@@ -7,7 +7,7 @@ counter reports FLOPs = 2 x MACs).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -49,8 +49,3 @@ def flops_kept(macs: Sequence[int], densities: Sequence[float]) -> float:
     """Fraction of the dense conv/linear MACs kept, in [0, 1] (tables show it in percent)."""
     total = sum(macs)
     return sum(m * d for m, d in zip(macs, densities)) / total if total else 1.0
-
-
-def macs_per_weight(macs: Mapping[str, int], layers: Mapping[str, nn.Module]) -> list[float]:
-    """MACs each kept weight costs per sample (a conv's output spatial size; 1 for a Linear)."""
-    return [macs[name] / m.weight.numel() for name, m in layers.items()]

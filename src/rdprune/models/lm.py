@@ -75,11 +75,6 @@ class CausalLM(nn.Module):
                      or (self.prunable == "all" and name.endswith("lm_head")))]
 
 
-def hf_model(hf: nn.Module, prunable: str = "blocks") -> CausalLM:
-    """``hf`` wrapped, unless it is already a :class:`CausalLM`."""
-    return hf if isinstance(hf, CausalLM) else CausalLM(hf, prunable)
-
-
 def causal_lm(*, name: str | None, weights: str | None, config: Mapping[str, Any] | None,
               vocab_size: int, prunable: str, seq_len: int) -> CausalLM:
     """Build the model of ``conf/model/hf_lm.yaml`` (see the module docstring).
