@@ -40,7 +40,8 @@ def _series_label(label: str, schedule: str, finetune: str, several: bool) -> st
 
 #: one colour per method in every figure (tab10 order); variants share their method's colour
 METHOD_COLORS = {m: f"C{i}" for i, m in enumerate(
-    ["ours", "lamp", "global_magnitude", "erk", "uniform_plus", "uniform"])}
+    ["ours", "lamp", "global_magnitude", "erk", "uniform_plus", "uniform", "ours_block", "owl",
+     "atp", "alpha_pruning"])}
 
 
 def _color(label: str) -> str | None:
@@ -80,6 +81,39 @@ def top1_vs_sparsity(runs: pd.DataFrame, out: Path) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         files.append(_save(fig, out, _name("top1_vs_sparsity", key, len(groups) > 1)))
+    return files
+
+
+def metric_vs_sparsity(runs: pd.DataFrame, out: Path, metric: str = "perplexity") -> list[str]:
+    """``metric`` vs target sparsity per method (mean, std error bars; log scale), one panel per
+    within-layer criterion, the dense model's value dashed: the language-model figure."""
+    files = []
+    runs = runs[(runs["target_kind"] == "sparsity") & runs[metric].notna()]
+    groups = list(runs.groupby(["model", "dataset", "schedule", "finetune"], sort=True))
+    for key, g in groups:
+        criteria = sorted(g["criterion"].unique(), key=lambda c: c != "magnitude")
+        fig = Figure(figsize=(5.2 * len(criteria), 4.4))
+        axes = fig.subplots(1, len(criteria), sharey=True, squeeze=False)[0]
+        for ax, crit in zip(axes, criteria):
+            sub = g[g["criterion"] == crit]
+            for (method,), s in sorted(sub.groupby(["method"]), key=lambda kv: method_rank(
+                    kv[0][0])):
+                stats = s.groupby("target")[metric].agg(["mean", "std"]).sort_index()
+                ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0),
+                            marker="o", markersize=4, capsize=3, color=_color(method),
+                            linewidth=2.2 if method.startswith("ours") else 1.2, label=method)
+            dense = sub[f"dense_{metric}"].mean() if f"dense_{metric}" in sub else np.nan
+            if not np.isnan(dense):
+                ax.axhline(dense, color="0.3", linestyle="--", linewidth=1,
+                           label=f"dense ({dense:.2f})")
+            ax.set_yscale("log")
+            ax.set_xlabel("target sparsity (% of prunable weights removed)")
+            ax.set_title(f"criterion: {crit}", fontsize=10)
+            ax.grid(alpha=0.3, which="both")
+        axes[0].set_ylabel(f"{metric} (lower is better, log scale)")
+        axes[-1].legend(fontsize=8)
+        fig.suptitle(f"{key[0]} on {key[1]}: {metric} vs sparsity (mean ± std over seeds)")
+        files.append(_save(fig, out, _name(f"{metric}_vs_sparsity", key, len(groups) > 1)))
     return files
 
 

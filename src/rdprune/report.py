@@ -245,12 +245,21 @@ def write_report(dirs: Iterable[str | os.PathLike], out: str | os.PathLike, wand
         base = {m: baseline_table(runs, m, failed) for m in
                 ("top1", "joint_distortion_worst", "joint_distortion_mean")}
         names = {"top1": "baselines", "joint_distortion_worst": "baselines_distortion",
-                 "joint_distortion_mean": "baselines_distortion_mean"}
+                 "joint_distortion_mean": "baselines_distortion_mean",
+                 "perplexity": "baselines_perplexity"}
+        lm = runs[runs["perplexity"].notna()] if "perplexity" in runs else runs.iloc[:0]
+        if not lm.empty:  # language models: perplexity, lower is better
+            base["perplexity"] = baseline_table(lm, "perplexity", failed)
         for m, tabs in base.items():
             files += write_tables(out, names[m], list(tabs.values()), f"Baselines: {m}")
         paired = paired_table(runs, "top1", reference)
         files += write_tables(out, "paired", list(paired.values()),
                               "Paired differences against a reference: top1")
+        if not lm.empty:
+            paired_ppl = paired_table(lm, "perplexity", reference)
+            files += write_tables(out, "paired_perplexity", list(paired_ppl.values()),
+                                  "Paired differences against a reference: perplexity")
+            files += plots.metric_vs_sparsity(complete(lm), out, "perplexity")
         layers = load_layers(runs)
         files += write_tables(out, "layer_sparsity", list(layer_table(runs, layers).values()),
                               "Per-layer sparsity (%) by method")
@@ -289,6 +298,8 @@ def write_report(dirs: Iterable[str | os.PathLike], out: str | os.PathLike, wand
                 tables["rounds"] = rounds
             if paired:
                 tables["paired"] = pd.concat([t.data for t in paired.values()])
+            if not lm.empty and paired_ppl:
+                tables["paired_perplexity"] = pd.concat([t.data for t in paired_ppl.values()])
             tables.update(paper_table=paper.data, layer_sparsity=layers,
                           **{names[m]: pd.concat([t.data for t in tabs.values()])
                              for m, tabs in base.items() if tabs})
@@ -309,6 +320,12 @@ DESCRIPTIONS = {
     "baselines": "top-1 per method x target sparsity, per model/dataset/schedule/fine-tune",
     "baselines_distortion": "the same with the joint distortion (worst case), lower is better",
     "baselines_distortion_mean": "the same with the joint distortion (mean MSE)",
+    "baselines_perplexity": "language models: test perplexity per method x target sparsity, "
+                            "lower is better",
+    "paired_perplexity": "language models: perplexity of each method minus a reference's, "
+                         "95% intervals",
+    "perplexity_vs_sparsity": "language models: perplexity vs target sparsity per method, one "
+                              "panel per criterion",
     "paired": "top-1 of each method minus a reference's (best baseline per column or "
               "--reference) over runs sharing seed and dense model, 95% intervals, tie rule",
     "layer_sparsity": "per-layer sparsity (%) by method",

@@ -33,8 +33,22 @@ log = logging.getLogger(__name__)
 GROUP = ["model", "dataset", "schedule", "finetune"]  # one baseline table per group
 #: one cell: a method (label) at a target (%), and what the target counts (sparsity | flops)
 CELL = [*GROUP, "label", "target", "target_kind"]
-METHOD_ORDER = ["ours", "ours_zerodata", "lamp", "global_magnitude", "erk", "uniform_plus",
-                "uniform"]
+METHOD_ORDER = ["ours", "ours_block", "ours_zerodata", "owl", "atp", "alpha_pruning", "lamp",
+                "global_magnitude", "erk", "uniform_plus", "uniform"]
+#: the report's metrics: (description, higher is better, mean formatter, with ± std)
+METRICS = {
+    "top1": ("Top-1 (%) on the test set after the last round (a language model: next-token "
+             "top-1)", True, "{:.2f}", True),
+    "pruned_top1": ("Top-1 (%) right after pruning, before fine-tuning", True, "{:.2f}", True),
+    "perplexity": ("Perplexity on the test split after the last round (exp of the mean "
+                   "next-token NLL)", False, "{:.2f}", True),
+    "joint_distortion_worst": ("Joint output distortion of the last pruning round on the "
+                               "calibration set (worst case: max per-sample MSE of the logits, "
+                               "before fine-tuning), mean over seeds", False, "{:.3g}", False),
+    "joint_distortion_mean": ("Joint output distortion of the last pruning round on the "
+                              "calibration set (mean MSE of the logits, before fine-tuning), "
+                              "mean over seeds", False, "{:.3g}", False),
+}
 SKIP = {".hydra", "wandb", ".submitit", "__pycache__", ".cache", ".git"}
 
 

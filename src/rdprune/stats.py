@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import t as student_t
 
-from rdprune.runs import GROUP, method_rank
+from rdprune.runs import GROUP, METRICS, method_rank
 
 #: one column of a methods x targets table; the runs of one label in it are one cell
 COLUMN = [*GROUP, "target", "target_kind"]
@@ -34,8 +34,7 @@ LEVEL = 0.95
 RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0  # fixed: the same runs give the same interval in every report
 #: metric -> higher is better
-HIGHER = {"top1": True, "pruned_top1": True, "joint_distortion_worst": False,
-          "joint_distortion_mean": False}
+HIGHER = {metric: spec[1] for metric, spec in METRICS.items()}
 #: test_correct.npy records the final model only: it is the per-sample data of ``top1`` alone
 BOOTSTRAP_METRICS = {"top1"}
 OURS = "ours"  # the paper's methods are the labels starting with this; the rest are baselines

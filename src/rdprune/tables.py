@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from rdprune.runs import CELL, GROUP, complete, load_layers, method_rank, target_label
+from rdprune.runs import CELL, GROUP, METRICS, complete, load_layers, method_rank, target_label
 from rdprune.stats import (
     LEVEL,
     OURS,
@@ -116,17 +116,6 @@ def num(x: Any, fmt: str) -> str:
     return NA if x is None or pd.isna(x) else format(x, fmt)
 
 
-#: metric -> (description, higher is better, mean formatter, with ± std)
-METRICS = {
-    "top1": ("Top-1 (%) on the test set after the last round", True, "{:.2f}", True),
-    "pruned_top1": ("Top-1 (%) right after pruning, before fine-tuning", True, "{:.2f}", True),
-    "joint_distortion_worst": ("Joint output distortion of the last pruning round on the "
-                               "calibration set (worst case: max per-sample MSE of the logits, "
-                               "before fine-tuning), mean over seeds", False, "{:.3g}", False),
-    "joint_distortion_mean": ("Joint output distortion of the last pruning round on the "
-                              "calibration set (mean MSE of the logits, before fine-tuning), "
-                              "mean over seeds", False, "{:.3g}", False),
-}
 
 
 def _targets(g: pd.DataFrame) -> tuple[list[tuple[float, str]], dict[tuple[float, str], str]]:

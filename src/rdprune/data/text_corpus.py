@@ -20,7 +20,9 @@ token) or a Hugging Face tokenizer name (a hub model's own).
 Training batches are windows of ``seq_len`` tokens at random offsets drawn from ``(seed, step)``
 (resumable, like the image datasets); the loss is the next-token cross-entropy of positions 2 ..
 ``seq_len``. Calibration: ``calib_size`` windows of ``calib_len`` tokens at offsets drawn with
-``calib_seed`` from the training split (Wanda: 128 random crops of 2048 tokens). Evaluation
+``calib_seed`` from the training split, or, with ``calib_corpus`` (e.g. ``c4`` while evaluating on
+WikiText-2, as the LLM pruning papers do), crops of random documents of that corpus's training
+split longer than ``calib_len`` (Wanda ``lib/data.py::get_c4``: 128 crops of 2048 tokens). Evaluation
 (:meth:`TextSplits.evaluate`): the split cut into non-overlapping windows of ``seq_len`` tokens
 (remainder dropped, at most ``eval_tokens`` tokens), perplexity = exp of the mean NLL over every
 predicted position (the first token of a window is never predicted), as Wanda's
@@ -163,6 +165,7 @@ class TextSplits(Splits):
 
     tokens: dict[str, torch.Tensor]
     validation: Dataset
+    calib_windows: torch.Tensor | None
     seq_len: int
     calib_len: int
     calib_seed: int
@@ -172,6 +175,8 @@ class TextSplits(Splits):
 
     def calibration(self) -> torch.Tensor:
         """``[calib_size, calib_len]`` token windows at offsets drawn with ``calib_seed``."""
+        if self._windows is None and self.calib_windows is not None:
+            self._windows = self.calib_windows
         if self._windows is None:
             stream = self.tokens["train"]
             room = len(stream) - self.calib_len
@@ -225,10 +230,31 @@ class TextSplits(Splits):
                 "top1": 100.0 * hits / count}
 
 
+def document_crops(texts: list[str], tokenizer: Any, n: int, length: int, seed: int
+                   ) -> torch.Tensor:
+    """``[n, length]``: crops of random documents longer than ``length`` tokens, as Wanda draws
+    its C4 calibration (``random.seed(seed)``, a random document until one is long enough, a
+    random crop of it)."""
+    import random
+
+    rng, out = random.Random(seed), []
+    for _ in range(100 * n):
+        if len(out) == n:
+            break
+        ids = encode(tokenizer, [texts[rng.randint(0, len(texts) - 1)]], None)
+        if len(ids) > length:
+            start = rng.randint(0, len(ids) - length - 1)
+            out.append(ids[start:start + length])
+    if len(out) < n:
+        raise UserError(f"dataset.calib_corpus: too few documents longer than calib_len={length} "
+                        "tokens")
+    return torch.stack(out)
+
+
 def text(
     *, name: str, corpus: str, tokenizer: str, vocab_size: int, seq_len: int, calib_size: int,
-    calib_len: int, calib_seed: int, eval_tokens: int, split_seed: int, cache_dir: str,
-    num_workers: int, eval_batch_size: int,
+    calib_len: int, calib_seed: int, calib_corpus: str | None, eval_tokens: int, split_seed: int,
+    cache_dir: str, num_workers: int, eval_batch_size: int,
 ) -> TextSplits:
     """A text corpus as token windows for a causal LM (see the module docstring).
 
@@ -241,6 +267,8 @@ def text(
         calib_size: calibration windows.
         calib_len: tokens per calibration window.
         calib_seed: seed of the calibration windows' offsets.
+        calib_corpus: null (calibrate on ``corpus``'s training split) or a corpus whose
+            training documents are cropped for calibration (``c4``).
         eval_tokens: at most this many tokens of the validation and test splits are evaluated.
         split_seed: seed of the by-file split of ``stdlib``.
         cache_dir: where the trained tokenizer and the token streams are kept.
@@ -248,6 +276,8 @@ def text(
         eval_batch_size: windows per evaluation forward.
     """
     require("corpus", corpus, CORPORA)
+    if calib_corpus is not None:
+        require("calib_corpus", calib_corpus, CORPORA)
     for key, value in (("vocab_size", vocab_size), ("seq_len", seq_len),
                        ("calib_size", calib_size), ("calib_len", calib_len),
                        ("eval_tokens", eval_tokens)):
@@ -275,9 +305,22 @@ def text(
             raise UserError(f"dataset.tokenizer={tokenizer}: not a known tokenizer and not "
                             f"downloadable here ({str(e).splitlines()[0][:120]})") from None
         eot, size, tok_id = None, len(tok), tokenizer
-    fingerprint = cache.digest(digest, tok_id)[:16]
+    if tokenizer not in ("byte", "bpe") and vocab_size != size:
+        raise UserError(f"dataset.vocab_size={vocab_size} but the tokenizer {tokenizer} has {size} "
+                        f"tokens: set dataset.vocab_size={size}")
+    if tokenizer == "byte" and vocab_size != size:
+        raise UserError(f"dataset.vocab_size={vocab_size} but the byte tokenizer has {size} "
+                        f"tokens: set dataset.vocab_size={size}")
+    fingerprint = cache.digest(digest, tok_id, calib_corpus)[:16]
     streams, _ = cache.cached(root / f"tokens-{fingerprint}.pt",
                               lambda: {s: encode(tok, texts[s], eot) for s in SPLITS})
+    crops = None
+    if calib_corpus is not None:
+        crops, _ = cache.cached(
+            root / f"calib-{cache.digest(fingerprint, calib_size, calib_len, calib_seed)}.pt",
+            lambda: document_crops(hub_texts(calib_corpus)["train"] if calib_corpus != "stdlib"
+                                   else stdlib_texts(split_seed)["train"], tok, calib_size,
+                                   calib_len, calib_seed))
     capped = {s: streams[s][:eval_tokens] for s in ("validation", "test")}
     return TextSplits(
         name=name, train=TokenWindows(streams["train"], seq_len),
@@ -287,5 +330,5 @@ def text(
         num_classes=size, input_shape=(seq_len,), calib_size=calib_size,
         num_workers=num_workers, eval_batch_size=eval_batch_size, tokens=streams,
         seq_len=seq_len, calib_len=calib_len, calib_seed=calib_seed, vocab_size=size,
-        fingerprint=fingerprint,
+        fingerprint=fingerprint, calib_windows=crops,
     )
