@@ -61,6 +61,7 @@ def test_pruned_weights_stay_pruned_across_rounds(tmp_path):
 
     rounds = sorted((tmp_path / "cache" / "rounds").glob("*.pt"),
                     key=lambda p: load(p).row["round"])
+    assert [load(p).row["round"] for p in rounds] == [1, 2, 3]  # targets 0.5, 0.75, 0.8
     previous = None
     for path in rounds:
         masks = load(path).masks
