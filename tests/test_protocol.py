@@ -2,19 +2,26 @@
 
 The expected values below are written from the notes independently of
 ``rdprune.protocol.RECIPES``, so a wrong entry in either the configs or the spec table fails.
+The experiments are composed by :mod:`rdprune.protocol_check` from the checkout's ``conf/``,
+named explicitly (``CONF``): the tests do not depend on the current directory.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from rdprune import protocol
+from rdprune import protocol, protocol_check
+from rdprune.errors import UserError
 from rdprune.published import PUBLISHED
 
 ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
 CIFAR = ["resnet32_cifar10_iterative", "vgg16_cifar10_iterative",
          "densenet121_cifar10_iterative", "efficientnet_b0_cifar10_iterative"]
 IMAGENET = ["vgg16_bn_imagenet_iterative", "resnet50_imagenet_iterative",
@@ -37,7 +44,11 @@ IMAGENET_RECIPE = {
 
 @pytest.fixture(scope="module")
 def composed():
-    return {name: protocol.compose_experiment(name) for name in CIFAR + IMAGENET}
+    return {name: compose(name) for name in CIFAR + IMAGENET}
+
+
+def compose(name: str, overrides: list[str] = ()):
+    return protocol_check.compose_experiment(name, overrides, CONF)
 
 
 def test_every_published_row_has_its_experiment():
@@ -103,7 +114,7 @@ def test_weights_are_torchvisions_original_release(composed, model, file, publis
 
 
 def test_no_difference_but_the_deliberate_fixes():
-    results = protocol.check()
+    results = protocol_check.check(conf=CONF)
     assert set(results) == set(CIFAR + IMAGENET)
     for name, (rows, fixes) in results.items():
         assert [r for r in rows if r.status == "differs"] == [], name
@@ -129,17 +140,17 @@ def test_no_difference_but_the_deliberate_fixes():
     ("resnet32_cifar10_iterative", "sparsity=0.9", "sparsity", 0.9, 0.955),
 ])
 def test_a_changed_setting_is_a_difference(name, override, key, value, official):
-    rows, _ = protocol.check([name], [override])[name]
+    rows, _ = protocol_check.check([name], [override], CONF)[name]
     diffs = [(r.key, r.value, r.official) for r in rows if r.status == "differs"]
     assert diffs == [(key, value, pytest.approx(official) if isinstance(official, float)
                       else official)]
 
 
 def test_describe_one_run():
-    official = protocol.describe(protocol.compose_experiment("resnet50_imagenet_zerodata"))
+    official = protocol.describe(compose("resnet50_imagenet_zerodata"))
     assert official == {"protocol": "official", "recipe": "resnet50/imagenet", "differences": [],
                         "fixes": ["bug 2: in-budget exact DP", "bug 3: content-hashed caches"]}
-    cfg = protocol.compose_experiment("resnet32_cifar10_iterative", [
+    cfg = compose("resnet32_cifar10_iterative", [
         "recipe.finetune_schedule=cosine", "sparsity=0.5", "schedule=oneshot",
         "recipe.prune_amount=0.5", "paths.output_dir=out"])
     custom = protocol.describe(cfg)
@@ -149,32 +160,30 @@ def test_describe_one_run():
     # a resolved plain dict (config.yaml as loaded) describes the same
     assert protocol.describe(OmegaConf.to_container(cfg, resolve=True)) == custom
     # baselines ignore the RD options and the calibration set
-    lamp = protocol.compose_experiment("vgg16_cifar10_iterative",
-                                       ["method=lamp", "rd.reduction=mean",
-                                        "dataset.calib_size=8"])
+    lamp = compose("vgg16_cifar10_iterative",
+                   ["method=lamp", "rd.reduction=mean", "dataset.calib_size=8"])
     assert protocol.describe(lamp)["protocol"] == "official"
     assert protocol.describe(lamp)["fixes"] == ["bug 3: content-hashed caches"]
-    ft = protocol.describe(protocol.compose_experiment("vgg16_cifar10_iterative",
-                                                       ["finetune=none"]))
+    ft = protocol.describe(compose("vgg16_cifar10_iterative", ["finetune=none"]))
     assert "finetune.name: none (official: adamw)" in ft["differences"]
 
 
 def test_describe_without_an_official_recipe():
     none = {"protocol": "none", "recipe": None, "differences": [], "fixes": []}
-    assert protocol.describe(protocol.compose_experiment("quickstart")) == none
+    assert protocol.describe(compose("quickstart")) == none
     assert protocol.describe({"model_name": "resnet32", "dataset": {"name": "cifar100"}}) == none
 
 
 def test_cli_marks_differences_and_writes_markdown(tmp_path, capsys):
     out = tmp_path / "protocol.md"
-    assert protocol.main(["--out", str(out)]) == 0
+    assert protocol_check.main(["--config-dir", str(CONF), "--out", str(out)]) == 0
     text = out.read_text()
     assert capsys.readouterr().out == text
     assert "**DIFFERS**" not in text and text.count("\n## ") == 8
     assert "| `efficientnet_b0_cifar10_iterative` | 0 | bug 1, bug 2, bug 3, bug 5 |" in text
     assert ("| fine-tuning: LR schedule (per round) | `recipe.finetune_schedule` | constant | "
             "constant |  |") in text
-    assert protocol.main(["recipe.finetune_schedule=cosine"]) == 1
+    assert protocol_check.main(["--config-dir", str(CONF), "recipe.finetune_schedule=cosine"]) == 1
     changed = capsys.readouterr().out
     assert ("| fine-tuning: LR schedule (per round) | `recipe.finetune_schedule` | cosine | "
             "constant | **DIFFERS** |") in changed
@@ -184,10 +193,43 @@ def test_cli_marks_differences_and_writes_markdown(tmp_path, capsys):
 def test_committed_protocol_md_is_current(tmp_path):
     """results/protocol.md is what the configs give today (else: regenerate, see its header)."""
     out = tmp_path / "protocol.md"
-    protocol.main(["--out", str(out)])
+    protocol_check.main(["--config-dir", str(CONF), "--out", str(out)])
     committed = (ROOT / "results" / "protocol.md").read_text()
-    header = "    python -m rdprune.protocol --out results/protocol.md\n"
-    assert header in committed, "regenerate: python -m rdprune.protocol --out results/protocol.md"
+    command = "python -m rdprune.protocol_check --out results/protocol.md"
+    header = f"    {command}\n"
+    assert header in committed, f"regenerate: {command}"
     assert committed.replace(header, "") == out.read_text().replace(
-        f"    python -m rdprune.protocol --out {out}\n", ""), \
-        "results/protocol.md is stale: python -m rdprune.protocol --out results/protocol.md"
+        f"    python -m rdprune.protocol_check --config-dir {CONF} --out {out}\n", ""), \
+        f"results/protocol.md is stale: {command}"
+
+
+def test_the_config_directory_is_named_found_here_or_asked_for(tmp_path, monkeypatch):
+    """--config-dir, else $RDPRUNE_CONF, else ./conf; nothing assumes a source checkout."""
+    monkeypatch.delenv(protocol_check.CONF_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)  # no conf/ here
+    with pytest.raises(UserError, match=r"^no config directory: .*pass --config-dir") as info:
+        protocol_check.config_dir()
+    assert "\n" not in str(info.value)
+    assert protocol_check.config_dir(CONF) == CONF
+    with pytest.raises(UserError, match=r"^--config-dir=.* is not a config directory"):
+        protocol_check.config_dir(tmp_path)
+    monkeypatch.setenv(protocol_check.CONF_ENV, str(CONF))
+    assert protocol_check.config_dir() == CONF
+    assert protocol_check.config_dir(CONF) == CONF
+    cfg = protocol_check.compose_experiment("resnet50_imagenet_oneshot")  # from $RDPRUNE_CONF
+    assert cfg.model_name == "resnet50"
+    monkeypatch.setenv(protocol_check.CONF_ENV, str(tmp_path))
+    with pytest.raises(UserError, match=r"^RDPRUNE_CONF=.* is not a config directory"):
+        protocol_check.config_dir()
+    monkeypatch.delenv(protocol_check.CONF_ENV)
+    monkeypatch.chdir(ROOT)  # ./conf
+    assert protocol_check.config_dir() == CONF
+
+
+def test_the_cli_without_a_config_directory_is_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != protocol_check.CONF_ENV}
+    proc = subprocess.run([sys.executable, "-m", "rdprune.protocol_check"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr.startswith("error: no config directory") and proc.stderr.count("\n") == 1
+    assert "--config-dir" in proc.stderr

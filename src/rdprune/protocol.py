@@ -10,22 +10,21 @@ behaviour, not config: :data:`FIXES` lists them with their reasons, apart from t
 
 - :func:`describe` (cheap, pure): one run's config against its model's official recipe, stored
   by the pipeline in ``metrics.json``.
-- :func:`check` composes every paper experiment (``conf/experiment``; one per published row of
-  :mod:`rdprune.published`) and compares it setting by setting, target and schedule included.
-- ``python -m rdprune.protocol [--out results/protocol.md]`` prints (writes) that comparison;
-  exit status 1 when any setting differs.
+- :func:`compare` compares any config with official settings; :data:`EXPERIMENTS` and
+  :func:`experiment_settings` are what each paper experiment (``conf/experiment``; one per
+  published row of :mod:`rdprune.published`) must be, target and schedule included.
 
-Longer than most modules because half of it is the specification itself, kept in one place.
+Composing the paper experiments from a config directory and checking them (the table in
+``results/protocol.md``, ``python -m rdprune.protocol_check``) is :mod:`rdprune.protocol_check`.
+
+Longer than most modules because most of it is the specification itself, kept in one place.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -233,7 +232,8 @@ def compare(cfg: DictConfig | Mapping[str, Any], official: Mapping[str, Any]) ->
     return rows
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
+    """A setting's value as the tables and :func:`describe` print it (null, true, 0.0003)."""
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -262,7 +262,7 @@ def describe(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     if recipe is None:
         return {"protocol": "none", "recipe": None, "differences": [], "fixes": []}
     rows = compare(cfg, official_settings(recipe))
-    diffs = [f"{r.key}: {_fmt(r.value)} (official: {_fmt(r.official)})"
+    diffs = [f"{r.key}: {format_value(r.value)} (official: {format_value(r.official)})"
              for r in rows if r.status == "differs"]
     return {"protocol": "custom" if diffs else "official", "recipe": f"{model}/{dataset}",
             "differences": diffs,
@@ -270,7 +270,7 @@ def describe(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# the paper experiments, composed
+# the paper experiments
 
 
 def experiment_name(p: Published) -> str:
@@ -280,7 +280,6 @@ def experiment_name(p: Published) -> str:
 
 #: paper experiment -> its published row (target, schedule, calibration)
 EXPERIMENTS: dict[str, Published] = {experiment_name(p): p for p in PUBLISHED}
-CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def experiment_settings(p: Published) -> dict[str, Any]:
@@ -291,73 +290,3 @@ def experiment_settings(p: Published) -> dict[str, Any]:
             "method.name": p.method,
             "method.calibration": "synthetic" if p.method == "ours_zerodata" else "data",
             **official_settings(recipe)}
-
-
-def compose_experiment(name: str, overrides: Iterable[str] = (),
-                       conf: Path = CONF) -> DictConfig:
-    """The project's config with ``experiment=name`` and ``overrides`` (Hydra compose API)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
-        return compose("config", overrides=[f"experiment={name}", *overrides])
-
-
-def check(names: Iterable[str] | None = None,
-          overrides: Iterable[str] = ()) -> dict[str, tuple[list[Row], list[Fix]]]:
-    """Compose each paper experiment (with ``overrides``) and compare it with the official one.
-
-    Returns:
-        ``{experiment: (rows, fixes)}``: every setting compared, and the deliberate fixes.
-    """
-    out = {}
-    for name in names or EXPERIMENTS:
-        p = EXPERIMENTS[name]
-        cfg = compose_experiment(name, overrides)
-        fixes = [f for f in FIXES if f.applies(p.model, p.dataset, is_rd(cfg))]
-        out[name] = (compare(cfg, experiment_settings(p)), fixes)
-    return out
-
-
-def to_markdown(results: Mapping[str, tuple[list[Row], list[Fix]]], command: str) -> str:
-    """The comparison as Markdown: a summary, then one table per experiment and its fixes."""
-    lines = ["# Paper experiments vs the official protocol", "", "Made by:", "",
-             f"    {command}", "",
-             "Each paper experiment (`conf/experiment/`) composed and compared, setting by "
-             "setting, with the official code's (`src/rdprune/protocol.py`, written from "
-             "its `tools/modelloaders.py`). Deliberate differences that fix official bugs are code "
-             "behaviour, listed separately with their reasons.", "",
-             "| experiment | differences | deliberate fixes |", "|---|---:|---|"]
-    for name, (rows, fixes) in results.items():
-        n = sum(r.status == "differs" for r in rows)
-        lines.append(f"| `{name}` | {n} | " + ", ".join(f"bug {f.bug}" for f in fixes) + " |")
-    for name, (rows, fixes) in results.items():
-        lines += ["", f"## {name}", "", "| setting | key | this config | official | |",
-                  "|---|---|---|---|---|"]
-        for r in rows:
-            mark = {"differs": "**DIFFERS**", "n/a": "n/a"}.get(r.status, "")
-            lines.append(f"| {DESCRIPTION.get(r.key, r.key)} | `{r.key}` | {_fmt(r.value)} | "
-                         f"{_fmt(r.official)} | {mark} |")
-        lines += ["", "Deliberate fixes of official bugs:", ""]
-        lines += [f"- bug {f.bug}, {f.what}: {f.ours}. Official: {f.official}." for f in fixes]
-    return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m rdprune.protocol [--out FILE] [overrides...]``: print (and write) the table."""
-    p = argparse.ArgumentParser(prog="python -m rdprune.protocol",
-                                description=__doc__.split("\n")[0])
-    p.add_argument("overrides", nargs="*", help="config overrides applied to every experiment")
-    p.add_argument("--out", help="also write the Markdown to this file")
-    args = p.parse_args(argv)
-    command = " ".join(["python -m rdprune.protocol", *(sys.argv[1:] if argv is None else argv)])
-    results = check(overrides=args.overrides)
-    text = to_markdown(results, command)
-    print(text, end="")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    return int(any(r.status == "differs" for rows, _ in results.values() for r in rows))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
