@@ -75,6 +75,10 @@ CASES = {
     "recipe.finetune_schedule=linear": "recipe.finetune_schedule must be one of",
     "rd.reduction=median": "reduction",
     "checkpoint_every=0": "checkpoint_every must be",
+    "rd.shards=2 rd.shard=5": r"^rd.shard must be in \[0, 1\] \(one of rd.shards=2 shards\), "
+                              "got 5$",
+    "model=hf_lm": r"^model hf_lm is a language model: it needs dataset=text, got dataset=digits$",
+    "prune.criterion=snip": r"^prune.criterion must be one of magnitude, wanda, got 'snip'$",
     "flops_kept=0": "flops_kept must be in",
     "method=lamp flops_kept=0.5": "FLOPs target",
     "dense.checkpoint=/etc/passwd": "not a PyTorch state_dict",

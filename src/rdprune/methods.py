@@ -316,6 +316,33 @@ class RateDistortion:
             costs.append(float(downstream[unit[0]]) * len(points))
         return costs
 
+    def exact(self, problem: Problem, grid: np.ndarray, choice: np.ndarray, curves: np.ndarray,
+              cost: np.ndarray, budget: float) -> dict[str, float]:
+        """Per-layer sparsities: the DP's grid points, with the budget they leave unused given
+        back, so the target is met to the weight (a coarse grid or binned costs leave up to
+        ``tol`` of it): weights are restored in the units whose curves fall most steeply one
+        grid step down (distortion saved per unit of cost), never past that step nor below what
+        earlier rounds pruned. The result is off the grid by less than one step per layer."""
+        units = self.units(problem.layers)
+        sizes = {k: m.weight.numel() for k, m in problem.layers.items()}
+        unit_cost = {k: 1 if problem.budget == "params" else problem.macs[k] // sizes[k]
+                     for k in problem.layers}
+        removed = {k: num_pruned(sizes[k], grid[c]) for u, c in zip(units, choice) for k in u}
+        floor = dict(zip(problem.layers, problem.pruned))
+        slack = budget - float(sum(cost[u, c] for u, c in enumerate(choice)))
+        slopes = []
+        for u, c in enumerate(choice):
+            step = cost[u, c - 1] - cost[u, c] if c > 0 else 0
+            if step > 0:
+                slopes.append(((curves[u, c] - curves[u, c - 1]) / step, u))
+        for _, u in sorted(slopes, reverse=True):
+            for k in units[u]:
+                room = removed[k] - max(floor[k], num_pruned(sizes[k], grid[choice[u] - 1]))
+                back = max(0, min(room, int(slack // unit_cost[k])))
+                removed[k] -= back
+                slack -= back * unit_cost[k]
+        return {k: removed[k] / sizes[k] for k in problem.layers}
+
     def allocate(self, problem: Problem) -> Allocation:
         from rdprune.dp import solve
 
@@ -335,8 +362,7 @@ class RateDistortion:
         sol, _ = _cached(problem.cache_dir, "solve", skey, optimise)
         choice = np.asarray(sol["choice"])
         rows = np.arange(len(choice))
-        per_layer = {k: grid[c] for unit, c in zip(self.units(problem.layers), choice)
-                     for k in unit}
+        per_layer = self.exact(problem, grid, choice, curves, cost, budget)
         info = {
             "profile_seconds": prof["seconds"],
             "solve_seconds": sol["seconds"],

@@ -90,6 +90,13 @@ def check_config(cfg: DictConfig) -> None:
                         f"autocast), got {cfg.precision!r}")
     if cfg.get("threads") is not None:
         _number("threads", cfg.threads, lo=1, hi=math.inf, integer=True)
+    _number("rd.shards", cfg.rd.shards, lo=1, hi=math.inf, integer=True)
+    if cfg.rd.shard is not None:
+        _number("rd.shard", cfg.rd.shard, lo=0, hi=cfg.rd.shards - 1, integer=True,
+                what=f" (one of rd.shards={cfg.rd.shards} shards)")
+        if not is_rd(cfg):
+            raise UserError(f"rd.shard profiles RD curves: method {cfg.method.name} has none "
+                            "(use method=ours, ours_zerodata or ours_block)")
     lm = cfg.model.get("_target_") == "rdprune.models.causal_lm"
     if lm != (cfg.dataset.name == "text"):
         needs = "dataset=text" if lm else "an image dataset (digits, synthetic, cifar10, ...)"
