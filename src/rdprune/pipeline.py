@@ -166,7 +166,8 @@ def setup(cfg: DictConfig) -> Run:
                cache_dir=cache_dir, out_dir=Path(cfg.paths.output_dir).expanduser().resolve(),
                logger=build(cfg.logger), method=method, checkpoint=state,
                # what the data depends on: the config, and the corpus a text dataset read
-               data_key={**data_identity(cfg), "fingerprint": getattr(data, "fingerprint", None)})
+               data_key={**data_identity(cfg), **({"fingerprint": data.fingerprint}
+                                                  if hasattr(data, "fingerprint") else {})})
 
 
 def dense_stage(run: Run) -> dict[str, Any]:
@@ -450,7 +451,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         rounds, masks = rounds_stage(run)
         rows = layer_rows(run.layers, masks, run.macs)
         metrics = summary_metrics(cfg, run.model, run.layers, dense, [r.row for r in rounds],
-                                  masks, rows, wall, run.data_key["fingerprint"])
+                                  masks, rows, wall, run.data_key.get("fingerprint"))
         last = rounds[-1]
         write_outputs(run.out_dir, cfg, metrics, [r.row for r in rounds], rows, masks,
                       run.model, admm_rows=last.admm, correct=last.correct,
