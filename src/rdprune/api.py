@@ -23,21 +23,27 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from rdprune.activations import input_norms
 from rdprune.allocation import BASELINES
 from rdprune.errors import UserError, UserTypeError, one_line
 from rdprune.flops import layer_macs
 from rdprune.layers import find_prunable, is_prunable, unwrap
 from rdprune.masks import CRITERIA, Criterion, apply_masks, check_masks, kept_count, num_pruned
-from rdprune.activations import input_norms
-from rdprune.methods import Allocation, Baseline, Problem, rate_distortion
+from rdprune.lm_allocation import LM_BASELINES
+from rdprune.methods import Allocation, Baseline, LMBaseline, Problem, rate_distortion
 from rdprune.models.lm import CausalLM
 
-#: method names :func:`allocate` accepts (``ours_zerodata``: curves on N(0, 1) inputs)
-METHODS = ("ours", "ours_zerodata", *BASELINES)
+#: the paper's method and its variants (``ours_zerodata``: curves on synthetic inputs;
+#: ``ours_block``: one curve per decoder block of a language model)
+RD_METHODS = {"ours": ("data", "layer"), "ours_zerodata": ("synthetic", "layer"),
+              "ours_block": ("data", "block")}
+#: method names :func:`allocate` accepts (the last three: language models only)
+METHODS = (*RD_METHODS, *BASELINES, *LM_BASELINES)
 
 
 def make_method(method: str | Any, **options: Any) -> Any:
-    """A method object by name (``options``: the RD options of ``ours``), or ``method`` itself.
+    """A method object by name (``options``: the RD options of ``ours*``, the hyperparameters
+    of ``owl`` / ``atp`` / ``alpha_pruning``), or ``method`` itself.
 
     Raises:
         UserError: unknown name, or options given to a method that has none.
@@ -46,9 +52,12 @@ def make_method(method: str | Any, **options: Any) -> Any:
         if options:
             raise UserError("options are for a method given by name; configure the object itself")
         return method
-    if method in ("ours", "ours_zerodata"):
-        calibration = "synthetic" if method == "ours_zerodata" else "data"
-        return rate_distortion(name=method, calibration=calibration, options=options)
+    if method in RD_METHODS:
+        calibration, granularity = RD_METHODS[method]
+        return rate_distortion(name=method, calibration=calibration, options=options,
+                               granularity=granularity)
+    if method in LM_BASELINES:
+        return LMBaseline(method, **options)
     if method in BASELINES:
         if options:
             raise UserError(f"method {method} takes no options, got {', '.join(sorted(options))}")
@@ -154,7 +163,9 @@ def allocate(
             :func:`calibration_tensor`); used by ``ours`` only, but always checked to run.
         sparsity: global fraction of prunable weights removed, in [0, 1).
         method: ``"ours"``, ``"ours_zerodata"``, a baseline (``"uniform"``, ``"uniform_plus"``,
-            ``"global_magnitude"``, ``"lamp"``, ``"erk"``), or a method object.
+            ``"global_magnitude"``, ``"lamp"``, ``"erk"``), for a language model also
+            ``"ours_block"``, ``"owl"``, ``"atp"`` (give ``beta=``), ``"alpha_pruning"``; or a
+            method object.
         flops_kept: instead of ``sparsity``: the fraction of the dense conv/linear MACs kept, in
             (0, 1] (``ours`` only: the DP solves under a MACs budget).
         masks: masks already applied (iterative pruning): no layer loses fewer weights.
