@@ -4,6 +4,8 @@ Usage:
     python experiments/bench_profiling.py                      # defaults below, CPU
     python experiments/bench_profiling.py --n 32 --threads 2
     python experiments/bench_profiling.py --model vit --n 32   # -> results/bench_profiling_vit.txt
+    python experiments/bench_profiling.py --model lm --n 16 --batch-size 16 --grid-points 21 \
+        --threads 2 --groups 2                                 # -> results/bench_profiling_lm.txt
     python experiments/bench_profiling.py --device cuda --n 1024 --batch-size 256
 
 Models (``--model``), at random init:
@@ -11,9 +13,13 @@ Models (``--model``), at random init:
 * ``resnet32``: ``rdprune.models.resnet32``, BN running statistics set by a few train-mode passes
   on random inputs (so folding BN is not a no-op);
 * ``vit``: timm ``vit_tiny_patch16_224`` built for 32x32 inputs with 8x8 patches (16 patches and a
-  class token), depth 4, 10 classes (LayerNorm: nothing to fold).
+  class token), depth 4, 10 classes (LayerNorm: nothing to fold);
+* ``lm``: the offline language model of ``model=hf_lm`` (a LLaMA with 4 blocks, hidden 128, 4
+  heads, vocabulary 2,048; 28 prunable linears), random init, on sequences of 128 random token
+  ids; the fast path is :func:`rdprune.profiling.lm.lm_curves` (the pruned layer's block and the
+  blocks after it run per grid point).
 
-Calibration: i.i.d. N(0, 1) inputs.
+Calibration: i.i.d. N(0, 1) inputs (``lm``: uniform token ids).
 
 Timing is interleaved: the layers are split into ``--groups`` groups, and for each group every
 variant computes that group's curves in turn (rotating which goes first), so load changes on a
@@ -65,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ablation grid: every k-th official grid point without s = 0 (0: skip)")
     p.add_argument("--ablation-rounds", type=int, default=2, help="ablation repeats (best of)")
     p.add_argument("--groups", type=int, default=4, help="layer groups for interleaved timing")
+    p.add_argument("--store-only", action="store_true",
+                   help="only price the per-layer writes of resumable profiling")
     p.add_argument("--out", default=None,
                    help="report file (default results/bench_profiling.txt, *_vit.txt for vit)")
     return p.parse_args(argv)  # fmt: skip
@@ -86,12 +94,78 @@ def build_vit(seed: int, device: torch.device) -> nn.Module:
     return model.to(device).eval()
 
 
+def build_lm(seed: int, device: torch.device) -> nn.Module:
+    """The offline LM's architecture (conf/model/hf_lm.yaml), random init."""
+    from omegaconf import OmegaConf
+
+    from rdprune.models.lm import causal_lm
+
+    spec = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / "hf_lm.yaml")
+    torch.manual_seed(seed)
+    model = causal_lm(name=None, weights=None, config=dict(spec.model.config), vocab_size=2048,
+                      prunable="blocks", seq_len=128)
+    return model.to(device).eval()
+
+
 # --model -> (builder, description, report file)
 MODELS = {
     "resnet32": (build_resnet32, "ResNet-32", "results/bench_profiling.txt"),
     "vit": (build_vit, "timm ViT-Tiny (32x32, patch 8, depth 4)",
             "results/bench_profiling_vit.txt"),
+    "lm": (build_lm, "offline LLaMA (model=hf_lm: 4 blocks, hidden 128, vocabulary 2,048)",
+           "results/bench_profiling_lm.txt"),
 }
+
+
+def calibration(model_name: str, n: int, seed: int, device: torch.device) -> torch.Tensor:
+    """N(0, 1) images, or token ids for the language model."""
+    if model_name == "lm":
+        g = torch.Generator().manual_seed(seed)
+        return torch.randint(0, 2048, (n, 128), generator=g).to(device)
+    return gaussian_inputs(n, (3, 32, 32), seed, device=device)
+
+
+def store_overhead(curves_fn: Callable, names: list[str], say, rounds: int = 2) -> None:
+    """Profiling with each row written to a cache as it is measured vs without: interleaved
+    best-of-``rounds`` times, and the time spent in the writes (``CurveStore.put``) itself."""
+    import tempfile
+
+    from rdprune.profiling import store as store_module
+
+    put = store_module.CurveStore.put
+    spent = [0.0]
+
+    def timed_put(self, li, row, seconds):
+        t = time.perf_counter()
+        put(self, li, row, seconds)
+        spent[0] += time.perf_counter() - t
+
+    best = {"without the store": float("inf"), "with the store": float("inf")}
+    writes = float("inf")
+    for r in range(rounds):
+        for v in list(best)[r % 2:] + list(best)[:r % 2]:
+            with tempfile.TemporaryDirectory() as tmp:
+                t = time.perf_counter()
+                if v == "with the store":
+                    spent[0] = 0.0
+                    store_module.CurveStore.put = timed_put
+                    try:
+                        store = store_module.CurveStore(Path(tmp), "bench", len(names))
+                        store_module.profile(store, lambda sink: curves_fn(names, sink))
+                    finally:
+                        store_module.CurveStore.put = put
+                    writes = min(writes, spent[0])
+                else:
+                    curves_fn(names, None)
+                best[v] = min(best[v], time.perf_counter() - t)
+    plain = best["without the store"]
+    say("")
+    say(f"Resumable profiling ({len(names)} rows written one by one, best of {rounds}):")
+    for v, t in best.items():
+        say(f"  {v:20s} {t:8.1f} s")
+    say(f"  => writes: {writes * 1e3:.0f} ms in all, {100 * writes / plain:.2f}% of profiling "
+        f"time; with - without: {100 * (best['with the store'] - plain) / plain:+.1f}% "
+        "(includes timing noise)")
 
 
 def sync(device: torch.device) -> None:
@@ -140,8 +214,9 @@ def main(argv: list[str] | None = None) -> None:
 
     build, label, default_out = MODELS[args.model]
     model = build(args.seed, device)
-    x = gaussian_inputs(args.n, (3, 32, 32), args.seed + 1, device=device)
-    names = list(find_prunable(model, x[:1]))
+    x = calibration(args.model, args.n, args.seed + 1, device)
+    modules = find_prunable(model, x[:1])
+    names = list(modules)
     grid = np.linspace(0.0, 1.0, args.grid_points)
     bs = args.batch_size
     common = dict(batch_size=bs, progress=False)
@@ -152,8 +227,9 @@ def main(argv: list[str] | None = None) -> None:
         f"threads {torch.get_num_threads()}, load average at start {os.getloadavg()}"
     )
     say(
-        f"# {label} ({len(names)} prunable layers), N = {args.n} Gaussian inputs "
-        f"3x32x32, grid linspace(0, 1, {args.grid_points}), batch size {bs} for both paths"
+        f"# {label} ({len(names)} prunable layers), N = {args.n} "
+        f"{'sequences of 128 random tokens' if args.model == 'lm' else 'Gaussian inputs 3x32x32'}"
+        f", grid linspace(0, 1, {args.grid_points}), batch size {bs} for both paths"
     )
 
     # Estimate before committing: the naive scheme is layers x grid points full passes.
@@ -177,20 +253,28 @@ def main(argv: list[str] | None = None) -> None:
         return lambda group: rd_curves_naive(model, x, g, red, layers=group, **common, **kw)
 
     def fast_fn(red: str, g: np.ndarray, **kw) -> Callable[[list[str]], np.ndarray]:
-        return lambda group: rd_curves(model, x, g, red, layers=group, **common, **kw)
+        if args.model == "lm":
+            from rdprune.profiling.lm import lm_curves
+
+            return lambda group, sink=None: lm_curves(
+                model, x, g, red, layers={n: modules[n] for n in group}, sink=sink, **common)
+        return lambda group, sink=None: rd_curves(model, x, g, red, layers=group, sink=sink,
+                                                  **common, **kw)
 
     groups = [list(g) for g in np.array_split(np.array(names), args.groups)]
+    if args.store_only:
+        args.reductions, args.ablation_every = args.reductions[-1:], 0
+        groups = []
     say("")
     say(
         f"{'reduction':9s} {'variant':24s} {'time (s)':>9s} {'speedup':>8s} "
         f"{'max per-layer rel diff':>23s}  (worst layer)"
     )
-    for red in args.reductions:
-        variants = {
-            "naive": naive_fn(red, grid),
-            "fast (default)": fast_fn(red, grid),
-            "fast, exact (bitwise)": fast_fn(red, grid, fold_bn=False, channels_last=False),
-        }
+    for red in args.reductions if groups else []:
+        variants = {"naive": naive_fn(red, grid), "fast (default)": fast_fn(red, grid)}
+        if args.model != "lm":  # (nothing to fold or reorder in a language model)
+            variants["fast, exact (bitwise)"] = fast_fn(red, grid, fold_bn=False,
+                                                        channels_last=False)
         print(f"[{red}] interleaved over {len(groups)} layer groups: {', '.join(variants)}",
               file=sys.stderr)
         times, curves = interleaved(groups, variants, device)
@@ -205,7 +289,8 @@ def main(argv: list[str] | None = None) -> None:
         zero_cols = all((c[:, 0] == 0).all() for c in curves.values())
         say(f"{'':9s} s = 0 column exactly 0 in every variant: {zero_cols}")
 
-    if args.ablation_every > 0:
+    store_overhead(fast_fn(args.reductions[-1], grid), names, say)
+    if args.ablation_every > 0 and args.model != "lm":
         sub = np.linspace(0.0, 1.0, 101)[1 :: args.ablation_every]
         red = args.reductions[-1]
         say("")

@@ -30,6 +30,18 @@ def test_bench_profiling_toy(tmp_path):
     exact = next(ln for ln in text.splitlines() if "fast, exact" in ln)
     assert float(exact.split()[-2]) == 0.0
     assert "s = 0 column exactly 0 in every variant: True" in text
+    assert "% of profiling time" in text  # the per-layer writes of resumable profiling
+
+
+def test_bench_profiling_lm_toy(tmp_path):
+    out = tmp_path / "lm.txt"
+    script("bench_profiling").main(["--model", "lm", "--n", "2", "--batch-size", "2",
+                                    "--grid-points", "3", "--reductions", "worst", "--groups",
+                                    "1", "--out", str(out)])
+    text = out.read_text()
+    fast = next(ln for ln in text.splitlines() if "fast (default)" in ln)
+    assert float(fast.split()[-2]) < 1e-5  # the blocks-downstream path agrees with the naive one
+    assert "28 prunable layers" in text
 
 
 @pytest.mark.filterwarnings("ignore:rd_curves. the traced graph")

@@ -51,10 +51,15 @@ class Accumulator:
         """
         j, b = y_hat.shape[:2]
         sq = (y_hat.reshape(j, b, -1).double() - y.reshape(1, b, -1).double()).square()
-        self.per_sample = sq.shape[-1]
-        part = slice(start, start + j)
-        self.sums[part] += sq.sum(dim=(1, 2))
-        self.maxes[part] = torch.maximum(self.maxes[part], sq.mean(dim=2).amax(dim=1))
+        self.add_sums(sq.sum(dim=2), sq.shape[-1], start)
+
+    def add_sums(self, sums: torch.Tensor, per_sample: int, start: int = 0) -> None:
+        """Add per-sample sums of squared errors ``[j, b]`` (float64; ``per_sample`` values
+        each) of variants ``start .. start + j - 1``, computed by the caller."""
+        self.per_sample = per_sample
+        part = slice(start, start + sums.shape[0])
+        self.sums[part] += sums.sum(dim=1)
+        self.maxes[part] = torch.maximum(self.maxes[part], (sums / per_sample).amax(dim=1))
 
     def result(self, reduction: str, n: int) -> np.ndarray:
         """Per-variant distortion ``[k]`` (float64) over ``n`` samples."""

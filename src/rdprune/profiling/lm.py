@@ -4,7 +4,11 @@ A decoder-only LM is a chain: embeddings -> block 0 -> ... -> block L-1 -> final
 Pruning a linear layer of block b changes nothing before block b, so per calibration chunk the
 input of block b (and the arguments the model passes its blocks: position embeddings, masks) is
 captured once by a dense forward stopped at block b, and each pruned variant runs block b, the
-blocks after it and the head only; no KV cache is involved. Several grid points run stacked along
+blocks after it and the final norm only; no KV cache is involved. The head is not run: the
+squared error of the logits of a token is a quadratic form of the change ``d`` of its final
+hidden state, ``||d W||^2 = d (W^T W) d^T`` (``W``: the head's ``[vocab, hidden]`` weight; its
+bias cancels), computed in float64 with the Gram matrix ``W^T W`` (hidden x hidden instead of
+hidden x vocab per token, and a reference of hidden instead of vocab values per token). Several grid points run stacked along
 the batch (``grid_batch``; the pruned layer computes each variant with its own weight, the other
 layers see one batch of ``grid_batch x chunk`` sequences). Rows may be single layers or groups of
 layers of one block pruned together at the same sparsity (per-block curves, ``ours_block``).
@@ -58,8 +62,9 @@ def structure(model: nn.Module) -> tuple[nn.ModuleList, nn.Module, nn.Module]:
             parent = hf.get_submodule(name.rpartition(".")[0])
             norm = next((getattr(parent, n) for n in _NORMS if hasattr(parent, n)), None)
             head = hf.get_output_embeddings()
-            if norm is None or head is None:
-                raise NotAChain(f"no final norm ({'/'.join(_NORMS)}) or output head after {name}")
+            if norm is None or not isinstance(head, nn.Linear):
+                raise NotAChain(f"no final norm ({'/'.join(_NORMS)}) or linear output head "
+                                f"after {name}")
             return m, norm, head
     raise NotAChain("no decoder block list (layers / h / blocks)")
 
@@ -133,12 +138,25 @@ class _Swapped:
 
 
 def _run_from(blocks, norm, head, b: int, hidden, args, kwargs) -> torch.Tensor:
-    """Logits from block ``b``'s input on: blocks b.., final norm, head."""
+    """Logits from block ``b``'s input on: blocks b.., final norm, head (None: the final
+    hidden states, the head's input)."""
     h = hidden
     for block in blocks[b:]:
         out = block(h, *args, **kwargs)
         h = out[0] if isinstance(out, tuple) else out
-    return head(norm(h))
+    h = norm(h)
+    return h if head is None else head(h)
+
+
+def _head_input(model: nn.Module, head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What the head is called with when the model runs on ``x``."""
+    seen: list = []
+    handle = head.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return seen[0]
 
 
 def lm_curves(
@@ -181,12 +199,14 @@ def lm_curves(
     with preserve_modes(base), torch.inference_mode():
         base.eval()
         xs = [inputs[i:i + batch_size].to(device) for i in range(0, len(inputs), batch_size)]
-        ys = [base(x) for x in xs]
-        mismatch = _mismatch(base, blocks, norm, head, xs[0], ys[0])
-        ys = [y.double() for y in ys]  # once, not per variant (the distortion is in float64)
+        mismatch = _mismatch(base, blocks, norm, head, xs[0], base(xs[0]))
         if mismatch:
             return _fallback(model, inputs, grid, reduction, layers, batch_size, progress, sink,
                              criterion, rows, mismatch)
+        # the reference: every chunk's final hidden states; the head as its Gram matrix
+        hs = [_head_input(base, head, x).double() for x in xs]
+        gram = head.weight.detach().double().T @ head.weight.detach().double()
+        vocab = head.weight.shape[0]
         block_of = [next(iter(w)) for w in where]
         caps: dict[int, list] = {}
         for ri in progress_bar(range(len(rows)), desc="RD curves (LM)", disable=not progress):
@@ -196,15 +216,15 @@ def lm_curves(
             b = block_of[ri]
             if b not in caps:  # the block's inputs, once per block (rows come in block order)
                 caps = {b: [_capture(base, blocks[b], x) for x in xs]}
-            out[ri] = _row(base, blocks, norm, head, b, rows[ri], layers, grid, reduction,
-                           criterion, caps[b], ys, grid_batch)
+            out[ri] = _row(base, blocks, norm, b, rows[ri], layers, grid, reduction,
+                           criterion, caps[b], hs, gram, vocab, grid_batch)
             if sink is not None:
                 sink.put(ri, out[ri], time.perf_counter() - start)
     return out
 
 
-def _row(base, blocks, norm, head, b, names, layers, grid, reduction, criterion, caps, ys,
-         grid_batch) -> np.ndarray:
+def _row(base, blocks, norm, b, names, layers, grid, reduction, criterion, caps, hs, gram,
+         vocab, grid_batch) -> np.ndarray:
     """One row: the distortion at each grid point of pruning ``names`` (in block b) together."""
     mods = [layers[n] for n in names]
     sizes = [m.weight.numel() for m in mods]
@@ -220,8 +240,8 @@ def _row(base, blocks, norm, head, b, names, layers, grid, reduction, criterion,
     for i, (n, m) in enumerate(zip(names, mods)):
         ks = sorted({c[i] for c in todo})
         removed.update({(n, k): idx for k, idx in zip(ks, criterion.removed(n, m, ks))})
-    acc = Accumulator(len(todo), ys[0].device)
-    for (args, kwargs), y in zip(caps, ys):
+    acc = Accumulator(len(todo), hs[0].device)
+    for (args, kwargs), h in zip(caps, hs):
         hidden, rest = args[0], args[1:]
         bsz = hidden.shape[0]
         for start in range(0, len(todo), grid_batch):
@@ -233,10 +253,12 @@ def _row(base, blocks, norm, head, b, names, layers, grid, reduction, criterion,
                 ws = [w.reshape(-1).index_fill(0, removed[n, c[i]], 0).view_as(w) for c in part]
                 swaps[prefix[n]] = _Variants(m, ws)
             with _Swapped(base, swaps):
-                logits = _run_from(blocks, norm, head, b, _repeat(hidden, bsz, g),
-                                   _repeat(rest, bsz, g), _repeat(kwargs, bsz, g))
-            acc.add(logits.reshape(g, bsz, *logits.shape[1:]), y, start)
-    lookup = dict(zip(todo, acc.result(reduction, sum(len(y) for y in ys))))
+                out = _run_from(blocks, norm, None, b, _repeat(hidden, bsz, g),
+                                _repeat(rest, bsz, g), _repeat(kwargs, bsz, g))
+            d = out.double().reshape(g, bsz, -1, h.shape[-1]) - h  # [g, b, tokens, hidden]
+            sums = torch.einsum("gbtd,de,gbte->gb", d, gram, d)  # ||d W^T||^2 per sequence
+            acc.add_sums(sums, d.shape[2] * vocab, start)
+    lookup = dict(zip(todo, acc.result(reduction, sum(len(h) for h in hs))))
     for j, c in enumerate(counts):
         if c in lookup:
             row[j] = lookup[c]
