@@ -264,3 +264,18 @@ def test_image_model_on_text_and_lm_on_images_are_one_line_errors(tmp_path):
         run(compose_config(["model=hf_lm", "device=cpu"], tmp_path))
     with pytest.raises(UserError, match="needs an image dataset"):
         run(compose_config(["dataset=text", "device=cpu"], tmp_path))
+
+
+def test_calibration_draws_share_the_dense_lm(tmp_path):
+    """seed = the calibration draw, dense.seed fixed: one dense model, other calibration sets,
+    other curves; paired by seed in the report (same dense_key)."""
+    from rdprune.pipeline import run
+
+    runs = [run(compose_config([*LM_TINY, "method=ours", "sparsity=0.5", "dense.seed=0",
+                                f"seed={s}"], tmp_path, out=f"s{s}")) for s in (0, 1)]
+    assert runs[0]["dense_key"] == runs[1]["dense_key"]
+    assert runs[0]["dense_perplexity"] == runs[1]["dense_perplexity"]
+    assert runs[1]["seconds"]["dense"] == runs[0]["seconds"]["dense"]  # (from the cache)
+    assert len(list((tmp_path / "cache" / "dense").glob("*.pt"))) == 1
+    curves = [np.load(tmp_path / f"s{s}" / "rd_curves.npz")["curves"] for s in (0, 1)]
+    assert not np.array_equal(*curves)  # another calibration draw

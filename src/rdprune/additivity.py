@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from rdprune import cache, distortion
-from rdprune.masks import apply_masks, magnitude_mask
+from rdprune.masks import Criterion, apply_masks
 from rdprune.preemption import STOP_SIGNALS, Guard
 from rdprune.progress import bar as progress_bar
 from rdprune.train import predict
@@ -85,8 +85,10 @@ def measure(
     device: torch.device | str = "cpu",
     progress: bool = True,
     cache_dir: Path | None = None,
+    units: Sequence[Sequence[int]] | None = None,
+    criterion: Criterion | None = None,
 ) -> list[dict[str, Any]]:
-    """Joint distortion of each subset vs the sum of its single-layer distortions.
+    """Joint distortion of each subset vs the sum of its single-unit distortions.
 
     With ``cache_dir``, every measurement (a single layer or a subset at one sparsity) is stored
     under ``cache_dir/additivity/<digest of model, inputs and layers>/`` as soon as it is done,
@@ -97,13 +99,16 @@ def measure(
         model: the network; its weights are unchanged on return (also on error).
         layers: its prunable layers, in order (indices in ``subsets`` refer to this order).
         inputs: the calibration inputs; the reference is the model's current logits on them.
-        subsets: ``(kind, layer indices)`` pairs, e.g. ``("pair", (3, 4))``.
-        sparsities: magnitude sparsities (fraction of weights removed, in [0, 1]), each applied
-            to every layer of a subset.
+        subsets: ``(kind, unit indices)`` pairs, e.g. ``("pair", (3, 4))``.
+        sparsities: sparsities (fraction of weights removed, in [0, 1]), each applied to every
+            layer of a subset.
         batch_size: inputs per forward batch.
         device: where the forward passes run.
         progress: show a progress bar.
         cache_dir: the stage cache (None: nothing stored).
+        units: what a subset's indices count: lists of layer indices (a language model's
+            decoder blocks); default: each layer alone.
+        criterion: which weights of a layer go (default magnitude).
 
     Returns:
         One row per (subset, sparsity): kind, layers ("3;4"), size, sparsity, then for each
@@ -111,29 +116,33 @@ def measure(
         ``sum_single_worst`` / ``joint_worst``.
     """
     names = list(layers)
+    units = [list(u) for u in units] if units is not None else [[i] for i in range(len(names))]
+    criterion = criterion or Criterion()
     reference = predict(model, inputs, batch_size, device)
     singles: dict[tuple[int, float], dict[str, float]] = {}
     masks: dict[tuple[int, float], torch.Tensor] = {}
 
     def mask(i: int, s: float) -> torch.Tensor:
         if (i, s) not in masks:
-            masks[i, s] = magnitude_mask(layers[names[i]].weight, s)
+            masks[i, s] = criterion.mask(names[i], layers[names[i]], s)
         return masks[i, s]
 
     folder = None
     if cache_dir is not None:
         folder = Path(cache_dir) / "additivity" / cache.digest(
-            "additivity", cache.state_digest(model), inputs, names)
+            "additivity", cache.state_digest(model), inputs, names, criterion.name,
+            criterion.norms)
 
-    def measured(indices: tuple[int, ...], s: float) -> dict[str, float]:
-        with pruned(layers, {names[i]: mask(i, s) for i in indices}):
+    def measured(pruned_layers: list[int], s: float) -> dict[str, float]:
+        with pruned(layers, {names[i]: mask(i, s) for i in pruned_layers}):
             return distortion.joint(reference, predict(model, inputs, batch_size, device))
 
     def run(indices: tuple[int, ...], s: float) -> dict[str, float]:
+        pruned_layers = sorted(i for u in indices for i in units[u])
         if folder is None:
-            return measured(indices, s)
-        item = folder / f"{'-'.join(map(str, indices))}_{s!r}.pt"
-        value, _ = cache.cached(item, lambda: measured(indices, s))
+            return measured(pruned_layers, s)
+        item = folder / f"{'-'.join(map(str, pruned_layers))}_{s!r}.pt"
+        value, _ = cache.cached(item, lambda: measured(pruned_layers, s))
         if guard.pending:  # stored: hand a stop signal on now
             guard.hand_on()
         return value

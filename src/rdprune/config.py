@@ -22,9 +22,11 @@ from rdprune.errors import UserError
 from rdprune.schedules import schedule_targets
 from rdprune.train import lr_schedule
 
-#: dataset keys that do not change the images or labels (left out of cache keys; the calibration
-#: set enters the round keys through ``calib_size`` and the RD-curve keys through its tensor)
-LOADER_KEYS = ("num_workers", "eval_batch_size", "root", "download", "calib_size")
+#: dataset keys that change neither the data nor any result (left out of every cache key)
+LOADER_KEYS = ("num_workers", "eval_batch_size", "root", "download", "cache_dir")
+#: dataset keys of the calibration set and of the evaluated split only: the training data, and so
+#: a trained model, does not depend on them (left out of the training stages' keys)
+HELD_OUT_KEYS = ("calib_size", "calib_len", "calib_seed", "calib_corpus", "eval_tokens")
 
 
 def container(node: Any) -> Any:
@@ -45,9 +47,12 @@ def targets(cfg: DictConfig) -> list[float]:
          "rounds": cfg.recipe.rounds}, goal)
 
 
-def data_identity(cfg: DictConfig) -> dict[str, Any]:
-    """The dataset config without loader-only keys: what the data itself depends on."""
-    return {k: v for k, v in container(cfg.dataset).items() if k not in LOADER_KEYS}
+def data_identity(cfg: DictConfig, training: bool = False) -> dict[str, Any]:
+    """The dataset config without loader-only keys: what the data itself depends on (with
+    ``training``: what the training split depends on, without the calibration and evaluation
+    keys)."""
+    drop = LOADER_KEYS + (HELD_OUT_KEYS if training else ())
+    return {k: v for k, v in container(cfg.dataset).items() if k not in drop}
 
 
 def training(cfg: DictConfig, stage: str) -> dict[str, Any]:

@@ -98,6 +98,7 @@ class Run:
     logger: Any
     method: Any
     data_key: dict[str, Any]
+    train_key: dict[str, Any]
     checkpoint: dict[str, torch.Tensor] | None = None
 
 
@@ -156,6 +157,8 @@ def setup(cfg: DictConfig) -> Run:
                     "projections, embeddings, ...); sparsity counts the prunable ones only",
                     cfg.model_name, outside)
     method = build_method(cfg)
+    # what the data depends on beyond its config: the corpus a text dataset read
+    fingerprint = {"fingerprint": data.fingerprint} if hasattr(data, "fingerprint") else {}
     if budget_of(cfg) == "params":
         check_target(layers, cfg.sparsity)
     method.check(layers, targets(cfg)[-1], budget_of(cfg))
@@ -166,8 +169,8 @@ def setup(cfg: DictConfig) -> Run:
                cache_dir=cache_dir, out_dir=Path(cfg.paths.output_dir).expanduser().resolve(),
                logger=build(cfg.logger), method=method, checkpoint=state,
                # what the data depends on: the config, and the corpus a text dataset read
-               data_key={**data_identity(cfg), **({"fingerprint": data.fingerprint}
-                                                  if hasattr(data, "fingerprint") else {})})
+               data_key={**data_identity(cfg), **fingerprint},
+               train_key={**data_identity(cfg, training=True), **fingerprint})
 
 
 def dense_stage(run: Run) -> dict[str, Any]:
@@ -182,7 +185,7 @@ def dense_stage(run: Run) -> dict[str, Any]:
         source, seconds = "random init", 0.0
     else:
         key = cache.digest("dense", rdprune.__version__, container(cfg.model),
-                           run.data_key, training(cfg, "dense"), cfg.dense.seed)
+                           run.train_key, training(cfg, "dense"), cfg.dense.seed)
         path = run.cache_dir / "dense" / f"{key}.pt"
 
         def train() -> dict[str, Any]:
@@ -242,7 +245,7 @@ def admm_stage(run: Run, sparsities: list[float], index: int) -> list[dict[str, 
     cfg, spec = run.cfg, run.cfg.finetune.admm
     ckpt = run.cache_dir / "admm" / (cache.digest(
         "admm", cache.state_digest(run.model), sparsities, training(cfg, "finetune"),
-        run.data_key, cfg.seed, index) + ".partial.pt")
+        run.train_key, cfg.seed, index) + ".partial.pt")
     rows = admm_phase(
         run.model, run.data, run.layers, sparsities, iters=spec.iters,
         steps_per_iter=spec.steps_per_iter, rho=spec.rho, rho_growth=spec.rho_growth,
@@ -319,7 +322,7 @@ def prune_round(run: Run, index: int, target: float, masks: dict[str, torch.Tens
     if finetunes(cfg):
         ckpt = run.cache_dir / "finetune" / (
             cache.digest("ft", cache.state_digest(model), new, training(cfg, "finetune"),
-                         run.data_key, cfg.seed, index) + ".partial.pt")
+                         run.train_key, cfg.seed, index) + ".partial.pt")
         history = fit(
             model, run.data, steps=cfg.recipe.finetune_steps, batch_size=cfg.recipe.batch_size,
             optimizer=instantiate(cfg.finetune.optimizer),
@@ -367,7 +370,7 @@ def rounds_stage(run: Run) -> tuple[list[Round], dict[str, torch.Tensor]]:
         key = cache.digest(
             "round", rdprune.__version__, cache.state_digest(run.model), masks,
             cfg.method.name, method_options(cfg), target, budget_of(cfg), training(cfg, "finetune"),
-            run.data_key, cfg.dataset.calib_size, cfg.seed, index,
+            run.data_key, cfg.seed, index,
         )
         compute = functools.partial(prune_round, run, index, target, masks)
         record, hit = cache.cached(run.cache_dir / "rounds" / f"{key}.pt", compute)
