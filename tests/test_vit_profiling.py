@@ -44,10 +44,19 @@ def torchvision_vit() -> nn.Module:
     return model.eval()
 
 
+def torchvision_vit_unfused() -> nn.Module:
+    from rdprune.models.attention import unfuse_attention
+
+    model = torchvision_vit()
+    unfuse_attention(model)
+    return model
+
+
 MODELS = {
     "timm_vit_tiny": lambda: timm_vit("vit_tiny_patch16_224"),
     "timm_deit_tiny": lambda: timm_vit("deit_tiny_patch16_224"),
     "torchvision_vit": torchvision_vit,
+    "torchvision_vit_unfused": torchvision_vit_unfused,
 }
 
 
@@ -156,31 +165,60 @@ def test_failed_grid_batching_warns_once_per_call_and_stays_exact():
     np.testing.assert_allclose(fast, naive, rtol=1e-10, atol=0)
 
 
-def test_unprunable_weights_of_torchvision_vit():
-    model = torchvision_vit()
-    layers = find_prunable(model, inputs(1))
-    assert "encoder.layers.encoder_layer_0.self_attention.out_proj" not in layers  # functional
+def test_torchvision_vit_attention_is_unfused_prunable_and_counted():
+    """torchvision's nn.MultiheadAttention reads in_proj_weight / out_proj functionally: as built
+    by rdprune.models (unfuse_attention) each block has two more prunable Linears, computing the
+    same function, counted in MACs, and pruned to the target with the rest."""
+    from rdprune.allocation import lamp
+    from rdprune.flops import layer_macs
+    from rdprune.masks import magnitude_masks, num_pruned, sparsity_of
+    from rdprune.models.attention import SelfAttention, unfuse_attention
+
+    model, x = torchvision_vit(), inputs(4)
+    fused = unprunable_weights(model, find_prunable(model, x[:1]))
     attn = "encoder.layers.encoder_layer_{}.self_attention.{}"
-    expected = {"class_token": 32, "encoder.pos_embedding": 17 * 32}
+    assert fused[attn.format(0, "in_proj_weight")] == 3 * 32 * 32  # the stock module: not prunable
+    state, before = model.state_dict(), model(x)
+    assert unfuse_attention(model) == 2
+    torch.testing.assert_close(model(x), before, rtol=1e-6, atol=1e-6)
+    layers = find_prunable(model, x[:1])
     for i in range(2):
-        expected[attn.format(i, "in_proj_weight")] = 3 * 32 * 32
-        expected[attn.format(i, "out_proj.weight")] = 32 * 32
-    got = unprunable_weights(model, layers)
-    assert got == expected and list(got) == sorted(got, key=list(expected).index)
+        assert isinstance(layers[attn.format(i, "in_proj")], nn.Linear)
+        assert layers[attn.format(i, "out_proj")].weight.shape == (32, 32)
+    assert unprunable_weights(model, layers) == {"class_token": 32, "encoder.pos_embedding": 17 * 32}
+    macs = layer_macs(model, x[:1], list(layers))
+    assert macs[attn.format(0, "in_proj")] == 17 * 32 * 96  # 17 tokens x [32 -> 96]
+    assert macs[attn.format(1, "out_proj")] == 17 * 32 * 32
+    weights = [m.weight for m in layers.values()]
+    masks = magnitude_masks(layers, lamp(weights, 0.8))
+    total = sum(w.numel() for w in weights)
+    assert round(sparsity_of(masks) * total) == num_pruned(total, 0.8)
+    assert masks[attn.format(0, "in_proj")].float().mean() < 1  # attention weights pruned too
+    fresh = torchvision_vit()  # a state dict of the stock module loads into the unfused one
+    unfuse_attention(fresh)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh(x), before, rtol=1e-6, atol=1e-6)
+    assert isinstance(fresh.encoder.layers[0].self_attention, SelfAttention)
 
 
-def test_unprunable_weights_of_swin_and_resnet():
+def test_weights_read_with_f_linear_are_prunable_swin_and_resnet():
+    """torchvision Swin's attention reads qkv / proj with F.linear: they are used, so prunable
+    and counted; only the relative position bias tables stay outside."""
+    from rdprune.flops import layer_macs
+
     torch.manual_seed(0)
     swin = torchvision.models.SwinTransformer(
         patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[2, 2], window_size=[2, 2],
         num_classes=10,
     ).eval()  # fmt: skip
-    got = unprunable_weights(swin, find_prunable(swin, inputs(1)))
-    for stage, dim in ((1, 8), (3, 16)):
+    layers = find_prunable(swin, inputs(1))
+    got = unprunable_weights(swin, layers)
+    assert set(got) == {f"features.{s}.0.attn.relative_position_bias_table" for s in (1, 3)}
+    macs = layer_macs(swin, inputs(1), list(layers))
+    for stage, dim, tokens in ((1, 8, 64), (3, 16, 16)):
         prefix = f"features.{stage}.0.attn."
-        assert got[prefix + "qkv.weight"] == 3 * dim * dim  # read with F.linear
-        assert got[prefix + "proj.weight"] == dim * dim
-    assert all(".norm" not in name for name in got)
+        assert macs[prefix + "qkv"] == tokens * dim * 3 * dim  # every token through [d -> 3d]
+        assert macs[prefix + "proj"] == tokens * dim * dim
     resnet = torchvision.models.resnet18(num_classes=10)
     assert unprunable_weights(resnet, find_prunable(resnet, inputs(1))) == {}
 

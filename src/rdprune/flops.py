@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from rdprune.layers import unwrap
+from rdprune.layers import LinearUses, unwrap
 
 
 @torch.no_grad()
@@ -30,8 +30,9 @@ def layer_macs(
     model = unwrap(model)
     was_training = model.training
     model.eval()
+    uses = LinearUses()
     try:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False) as counter, uses:
             model(example)
     finally:
         model.train(was_training)
@@ -41,7 +42,9 @@ def layer_macs(
     out = {}
     for name in names:
         flops = sum(counts.get(f"{prefix}.{name}", {}).values())
-        out[name] = int(flops) // (2 * batch)
+        # a Linear whose weight its parent reads functionally: its F.linear calls' MACs
+        functional = uses.macs.get(id(model.get_submodule(name).weight), 0)
+        out[name] = int(flops) // (2 * batch) if flops else functional // batch
     return out
 
 

@@ -15,7 +15,9 @@ module weight) are outside the prunable set; :func:`unprunable_weights` lists th
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from rdprune.models.lm import linear_types
 
@@ -32,6 +34,24 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+class LinearUses(TorchFunctionMode):
+    """Records, while active, the MACs of every ``F.linear`` call by the weight it used
+    (``macs[id(weight)]``): a Linear whose weight a parent reads functionally (torchvision Swin's
+    ``qkv`` / ``proj``) is used although its forward never runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.macs: dict[int, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            x = args[0] if args else kwargs["input"]
+            w = args[1] if len(args) > 1 else kwargs["weight"]
+            self.macs[id(w)] = self.macs.get(id(w), 0) + x.numel() // w.shape[-1] * w.numel()
+        return func(*args, **kwargs)
+
+
 @torch.no_grad()
 def find_prunable(model: nn.Module, example: torch.Tensor) -> dict[str, nn.Module]:
     """Conv2d / Linear modules that run in ``model(example)``, in model order.
@@ -42,7 +62,8 @@ def find_prunable(model: nn.Module, example: torch.Tensor) -> dict[str, nn.Modul
 
     Returns:
         ``{module name: module}`` in ``named_modules`` order, only modules called during forward
-        (and named by the model's ``prunable_names()``, if it has one).
+        or whose weight goes through ``F.linear`` there (:class:`LinearUses`), and named by the
+        model's ``prunable_names()``, if it has one.
     """
     model = unwrap(model)
     allowed = set(model.prunable_names()) if hasattr(model, "prunable_names") else None
@@ -53,9 +74,11 @@ def find_prunable(model: nn.Module, example: torch.Tensor) -> dict[str, nn.Modul
         if is_prunable(m)
     ]
     was_training = model.training
+    uses = LinearUses()
     try:
         model.eval()
-        model(example)
+        with uses:
+            model(example)
     finally:
         model.train(was_training)
         for h in hooks:
@@ -63,7 +86,7 @@ def find_prunable(model: nn.Module, example: torch.Tensor) -> dict[str, nn.Modul
     return {
         name: m
         for name, m in model.named_modules()
-        if is_prunable(m) and id(m) in called
+        if is_prunable(m) and (id(m) in called or id(m.weight) in uses.macs)
         and (allowed is None or name in allowed)
     }
 

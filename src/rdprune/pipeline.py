@@ -153,8 +153,8 @@ def setup(cfg: DictConfig) -> Run:
         raise UserError(f"{type(model).__name__} has no Conv2d or Linear layer to prune")
     outside = sum(unprunable_weights(model, layers).values())
     if outside:
-        log.warning("%s: %d weights are outside the prunable Conv2d / Linear layers (attention "
-                    "projections, embeddings, ...); sparsity counts the prunable ones only",
+        log.warning("%s: %d weights are outside the prunable Conv2d / Linear layers "
+                    "(embeddings, position tables, ...); sparsity counts the prunable ones only",
                     cfg.model_name, outside)
     method = build_method(cfg)
     # what the data depends on beyond its config: the corpus a text dataset read

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from rdprune.errors import UserError
+from rdprune.models.attention import unfuse_attention
 
 SOURCES = ("auto", "torchvision", "timm")
 IMAGENET_CLASSES = 1000
@@ -158,6 +159,7 @@ def _build_torchvision(
             _replace_classifier(model, name, num_classes)
     if in_channels != 3:
         _adapt_input_channels(model, name, in_channels)
+    unfuse_attention(model)  # ViT's fused attention: two prunable Linears per block
     return model
 
 
