@@ -71,3 +71,10 @@ def test_bench_decode_smoke(tmp_path):
     assert res["workers"] >= 1
     text = out.read_text()
     assert "ASSUMED GPU training rate 3000 img/s" in text and "smoke run" in text
+
+
+def test_gpu_lm_check_smoke(tmp_path):
+    out = tmp_path / "lm.json"
+    report = script("gpu_lm_check").main(["--device", "cpu", "--smoke", "--out", str(out)])
+    assert report["max_rel_diff_fast_vs_naive"] < 1e-5
+    assert report["max_rel_diff_grid_batch_8_vs_1"] < 1e-5 and out.exists()
