@@ -279,3 +279,20 @@ def test_calibration_draws_share_the_dense_lm(tmp_path):
     assert len(list((tmp_path / "cache" / "dense").glob("*.pt"))) == 1
     curves = [np.load(tmp_path / f"s{s}" / "rd_curves.npz")["curves"] for s in (0, 1)]
     assert not np.array_equal(*curves)  # another calibration draw
+
+
+def test_fine_tuning_a_pruned_lm_keeps_its_masks(tmp_path):
+    """finetune=adamw on a language model: the causal LM loss through the one training loop,
+    pruned weights held at zero (the loop checks the masks), the perplexity after it measured."""
+    import json
+
+    from rdprune.pipeline import run
+
+    metrics = run(compose_config([*LM_TINY, "method=uniform", "sparsity=0.7", "finetune=adamw",
+                                  "recipe.finetune_steps=6", "finetune.optimizer.lr=1e-2"],
+                                 tmp_path))
+    assert metrics["perplexity"] < metrics["pruned_perplexity"]  # it trained on the pruned model
+    assert metrics["achieved_sparsity"] == pytest.approx(0.7, abs=14 / metrics["num_weights"])
+    history = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text()
+               .splitlines()]
+    assert any("finetune_round1" in json.dumps(h) for h in history)
