@@ -58,9 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def dense_env(cache_dir: str | None, out: Path, threads: int | None):
-    """The digits_oneshot config, its env, and the dense model trained or loaded from cache."""
-    overrides = ["experiment=digits_oneshot", "device=cpu", f"paths.output_dir={out}"]
+def dense_env(cache_dir: str | None, out: Path, threads: int | None,
+              experiment: str = "digits_oneshot", extra: tuple[str, ...] = ()):
+    """An experiment's config (default digits_oneshot), its env, and the dense model trained or
+    loaded from cache."""
+    overrides = [f"experiment={experiment}", "device=cpu", f"paths.output_dir={out}", *extra]
     if cache_dir is not None:
         overrides.append(f"paths.cache_dir={Path(cache_dir).resolve()}")
     if threads:

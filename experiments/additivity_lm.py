@@ -42,7 +42,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep
 import numpy as np
 import pandas as pd
 import torch
-from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
@@ -53,7 +52,6 @@ from rdprune.distortion import joint
 from rdprune.masks import Criterion, num_pruned
 from rdprune.methods import Problem
 from rdprune.models.lm import block_index
-from rdprune.pipeline import dense_stage, setup
 from rdprune.train import predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,13 +60,13 @@ TARGETS = (0.5, 0.6, 0.7, 0.8)
 BASELINES = ("uniform", "global_magnitude", "lamp", "erk", "owl", "alpha_pruning")
 
 
-def helpers():
-    """``summarize`` and ``table`` of the digits study (experiments/additivity.py)."""
+def digits_study():
+    """experiments/additivity.py (the digits study): its dense_env, summarize and table."""
     spec = importlib.util.spec_from_file_location("additivity", ROOT / "experiments" /
                                                   "additivity.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.summarize, module.table
+    return module
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,18 +78,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     return p.parse_args(argv)
-
-
-def dense_env(cache_dir: str | None, out: Path, threads: int | None):
-    overrides = ["experiment=lm_text_oneshot", "seed=0", f"paths.output_dir={out}"]
-    if cache_dir is not None:
-        overrides.append(f"paths.cache_dir={Path(cache_dir).resolve()}")
-    if threads:
-        overrides.append(f"threads={threads}")
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("config", overrides=overrides)
-    run = setup(cfg)
-    return run, dense_stage(run)
 
 
 def curve_at(curves: np.ndarray, grid: np.ndarray, sparsities: list[float]) -> float:
@@ -198,8 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     wall = time.perf_counter()
-    env, dense = dense_env(args.cache_dir, out, args.threads)
-    summarize, table = helpers()
+    study = digits_study()
+    env, dense = study.dense_env(args.cache_dir, out, args.threads, "lm_text_oneshot",
+                                 ("seed=0",))
+    summarize, table = study.summarize, study.table
     names = list(env.layers)
     n = len(names)
     blocks = sorted({block_index(k) for k in names})

@@ -19,12 +19,17 @@ from rdprune.masks import kept_count, num_pruned
 from rdprune.models import resnet32
 
 
-def test_the_readme_example_runs():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Use it on your own model", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def readme_example(section: str) -> dict:
+    """Run the first Python block under the README heading ``section``; its variables."""
+    text = (ROOT / "README.md").read_text().split(f"## {section}", 1)[1]
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the documented example
+    return scope
+
+
+def test_the_readme_example_runs():
+    scope = readme_example("Use it on your own model")
     masks, model = scope["masks"], scope["model"]
     total = sum(m.numel() for m in masks.values())
     removed = total - sum(kept_count(m) for m in masks.values())
@@ -36,11 +41,7 @@ def test_the_readme_example_runs():
 
 
 def test_the_readme_language_model_example_runs():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Language models", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the documented example
+    scope = readme_example("Language models")
     masks, model, ids = scope["masks"], scope["model"], scope["ids"]
     linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     assert set(masks) == {n for n in linears if ".layers." in n}  # blocks only: no lm_head
