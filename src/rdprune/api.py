@@ -175,7 +175,7 @@ def allocate(
         criterion: which weights of a layer go (``magnitude`` or ``wanda``): ``ours`` measures
             its curves with it (pass the same to :func:`prune`).
         **options: options of ``ours``: ``grid_points``, ``reduction``, ``batch_size``, ``tol``,
-            ``calib_seed`` (see :class:`rdprune.methods.RateDistortion`).
+            ``calib_seed`` (see :class:`rdprune.rate_distortion.RateDistortion`).
 
     Returns:
         ``{layer name: sparsity}`` in model order (an :class:`~rdprune.methods.Allocation`, which
