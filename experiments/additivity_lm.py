@@ -4,15 +4,15 @@ block, and whether the additive model's errors matter for the DP's choices.
 EvoPress (Sieberling et al., ICML 2025) argues that on LLMs the end-to-end error of pruning several
 layers does not follow the sum of the per-layer errors. Here, on the dense LM of
 ``experiment=lm_text_oneshot`` (trained once, then loaded from the cache; seed 0's calibration draw,
-16 x 128 tokens):
+32 x 128 tokens):
 
 1. **Additivity** (as ``experiments/additivity.py`` on the digits ResNet-32): prune the same
    sparsity s in a set of units and compare the joint output distortion with the sum of the
    single-unit distortions. Units: the 28 linear layers (consecutive pairs, ``--subsets`` random
    subsets of 3, 7 and 14 layers, all 28) and the 4 decoder blocks (every pair, every triple, all
    4); s in {0.3, 0.7} (low, high); criterion magnitude and Wanda.
-2. **Does it matter for the DP?** At each target 50/60/70/80 %: the RD curves (21 points, as the
-   experiment), then allocations: ours (the DP), uniform, global magnitude, LAMP, ERK, OWL,
+2. **Does it matter for the DP?** At each target 50/60/70/80 %: the RD curves (21 points, mean
+   distortion), then allocations: ours (the DP), uniform, global magnitude, LAMP, ERK, OWL,
    AlphaPruning, and ``--perturbations`` random perturbations of ours with the same number of
    weights removed. For each: the distortion the additive model predicts (the curves interpolated
    at its sparsities, summed), the measured joint distortion and the validation perplexity.
@@ -22,7 +22,8 @@ layers does not follow the sum of the per-layer errors. Here, on the dense LM of
 Distortion ``mean`` (mean squared logit error over sequences, tokens and vocabulary) is primary;
 ``worst`` is in the CSV files.
 
-    python experiments/additivity_lm.py                 # ~5 min once the dense LM is cached
+    python experiments/additivity_lm.py --threads 1     # ~17 min on a loaded core (the dense LM
+                                                        # cached; measurements cached per item)
     -> results/additivity_lm/{additivity.csv, summary.csv, dp_check.csv, dp_summary.csv,
        additivity_lm.png, README.md}
 """
@@ -143,7 +144,7 @@ def dp_summary(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def plot(add: pd.DataFrame, dp: pd.DataFrame, path: Path) -> None:
+def plot(add: pd.DataFrame, dp: pd.DataFrame, path: Path, calibration: str) -> None:
     fig = Figure(figsize=(16, 5.4))
     axes = fig.subplots(1, 3)
     colors = {0.3: "C0", 0.7: "C3"}
@@ -173,8 +174,8 @@ def plot(add: pd.DataFrame, dp: pd.DataFrame, path: Path) -> None:
                  fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(title="target", fontsize=8)
-    fig.suptitle("Additivity on the offline LLaMA (4 blocks, 28 linears), 16 x 128 calibration "
-                 "tokens")
+    fig.suptitle(f"Additivity on the offline LLaMA (4 blocks, 28 linears), {calibration} "
+                 "calibration tokens")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
 
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     summary.to_csv(out / "summary.csv", index=False, float_format="%.4f")
     dp.to_csv(out / "dp_check.csv", index=False, float_format="%.6g")
     dps.to_csv(out / "dp_summary.csv", index=False, float_format="%.4f")
-    plot(add, dp, out / "additivity_lm.png")
+    plot(add, dp, out / "additivity_lm.png", " x ".join(map(str, inputs.shape)))
     seconds = time.perf_counter() - wall
     command = " ".join(["python experiments/additivity_lm.py",
                         *(argv if argv is not None else sys.argv[1:])])

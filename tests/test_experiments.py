@@ -16,8 +16,22 @@ from rdprune.pipeline import run, setup
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
+#: a language model's experiment, shrunk: the offline corpus, bytes, a 2-block LLaMA, no hub
+LM_SHRINK = ["device=cpu", "threads=1", "dataset.corpus=stdlib", "dataset.calib_corpus=null",
+             "dataset.tokenizer=byte", "dataset.vocab_size=257", "dataset.seq_len=32",
+             "dataset.calib_size=4", "dataset.calib_len=32", "dataset.eval_tokens=1024",
+             "dataset.eval_batch_size=8", "model.name=null", "model.weights=null",
+             "+model.config={model_type: llama, hidden_size: 32, intermediate_size: 64, "
+             "num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 4}",
+             "recipe.dense_steps=2", "recipe.batch_size=4", "rd.grid_points=3", "rd.batch_size=4"]
+
+
 def shrink(cfg) -> list[str]:
-    """Overrides that make ``cfg`` a few seconds of CPU work on synthetic data."""
+    """Overrides that make ``cfg`` a few seconds of CPU work on synthetic data (a language
+    model: on a little text)."""
+    if cfg.dataset.name == "text":
+        return [o.replace("+model.config", "model.config") if "config" in cfg.model else o
+                for o in LM_SHRINK] + (["device=cpu"] if cfg.device != "cpu" else [])
     size = {"lenet5": 28, "vgg16": 32, "vgg16_bn": 32}.get(cfg.model_name, 16)
     out = [
         "device=cpu", "threads=1", "dataset=synthetic", f"dataset.image_size={size}",
