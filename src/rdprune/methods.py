@@ -55,7 +55,8 @@ class LMBaseline:
     Args:
         name: ``owl``, ``atp`` or ``alpha_pruning``.
         **hyper: the method's hyperparameters (OWL: ``m``, ``lam``; ATP: ``beta``, null = chosen
-            on the validation split from the official grid scaled to ~10 values; AlphaPruning:
+            on the validation split from 0 and 5 equal steps up to the largest legal beta (the
+            official grid's 0.002 steps, scaled to a few blocks); AlphaPruning:
             ``epsilon``); absent ones take the function's defaults (the papers').
     """
 
@@ -103,10 +104,10 @@ class LMBaseline:
                 raise UserError("method atp with beta=null chooses beta on the validation split,"
                                 " which this dataset does not have: set method.beta")
             # the official grid's step (0.002) gives ~10 values over LLaMA's 32 blocks; over
-            # fewer blocks the legal range is wider: the same ~10 values, scaled to it
+            # fewer blocks the legal range is wider: 0 and 5 steps up to the largest legal beta
             num = max(blocks) + 1
             largest = min(2 * problem.target, 2 * (1 - problem.target)) / max(num - 1, 1)
-            grid = [0.0] + atp_beta_grid(problem.target, num, step=max(largest / 10, 1e-9))
+            grid = [0.0] + atp_beta_grid(problem.target, num, step=max(largest / 5, 1e-9))
             losses = [problem.validate(dict(zip(names, self.fn(
                 weights, problem.target, blocks=blocks, beta=b)))) for b in grid]
             hyper["beta"] = grid[int(np.argmin(losses))]
