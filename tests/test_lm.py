@@ -244,6 +244,8 @@ def test_language_model_runs_through_the_pipeline(tmp_path, method, criterion):
     layers = np.genfromtxt(tmp_path / "out" / "layers.csv", delimiter=",", names=True,
                            dtype=None, encoding=None)
     kept = {str(r["name"]): int(r["kept"]) for r in layers}
+    # MACs per token: a linear layer's weight count
+    assert all(int(r["dense_macs"]) == int(r["weights"]) for r in layers)
     if method in ("ours_block", "owl", "atp", "alpha_pruning"):  # one sparsity per block
         for b in range(2):
             block = [k for k in kept if f".layers.{b}." in k]

@@ -116,22 +116,20 @@ def method_options(cfg: DictConfig) -> dict[str, Any]:
 def config_id(cfg: DictConfig) -> str:
     """A digest of the resolved config without the :data:`NEUTRAL` keys: runs of one cell and
     seed with different ``config_id`` differ in some setting (the report names such cells). A
-    setting that follows the seed (``dense.seed: ${seed}``) counts as the same setting."""
+    setting that follows the seed (``dense.seed: ${seed}``, ``dataset.calib_seed: ${seed}``)
+    counts as that one setting, whatever the seed."""
     node = copy.deepcopy(cfg)
     with open_dict(node):
+        node.seed = "<seed>"  # a placeholder: every key interpolating it reads the same
         # (del, not pop: pop would resolve the value, whose interpolation may be gone already)
         for key in NEUTRAL + (() if is_rd(cfg) else ("rd",)):  # rd.*: RD methods only
             if key == "seed":
-                continue  # removed after resolving: other keys may follow it
+                continue
             parent, _, leaf = key.rpartition(".")
             holder = OmegaConf.select(node, parent) if parent else node
             if isinstance(holder, DictConfig) and leaf in holder:
                 del holder[leaf]
-    plain = container(node)
-    seed = plain.pop("seed")
-    if plain.get("dense", {}).get("seed") == seed:
-        plain["dense"]["seed"] = "${seed}"
-    return cache.digest(plain)[:12]
+    return cache.digest(container(node))[:12]
 
 
 def record(cfg: DictConfig) -> dict[str, Any]:

@@ -55,7 +55,7 @@ from rdprune.config import (
     training,
     trains_dense,
 )
-from rdprune.data import Splits
+from rdprune.data import Splits, TextSplits
 from rdprune.distortion import joint
 from rdprune.errors import UserError
 from rdprune.flops import flops_kept, layer_macs
@@ -157,15 +157,16 @@ def setup(cfg: DictConfig) -> Run:
                     "(embeddings, position tables, ...); sparsity counts the prunable ones only",
                     cfg.model_name, outside)
     method = build_method(cfg)
-    # what the data depends on beyond its config: the corpus a text dataset read
     fingerprint = {"fingerprint": data.fingerprint} if hasattr(data, "fingerprint") else {}
     if budget_of(cfg) == "params":
         check_target(layers, cfg.sparsity)
     method.check(layers, targets(cfg)[-1], budget_of(cfg))
     model.to(device)
     validation.warn_profiling_cost(cfg, model, data.calibration, len(layers), device)
+    # MACs per sample: an image, or a language model's token (a window of one token)
+    sample = example[:, :1] if isinstance(data, TextSplits) else example
     return Run(cfg=cfg, data=data, model=model, layers=layers,
-               macs=layer_macs(model, example.to(device), list(layers)), device=device,
+               macs=layer_macs(model, sample.to(device), list(layers)), device=device,
                cache_dir=cache_dir, out_dir=Path(cfg.paths.output_dir).expanduser().resolve(),
                logger=build(cfg.logger), method=method, checkpoint=state,
                # what the data depends on: the config, and the corpus a text dataset read
