@@ -21,6 +21,7 @@ from conftest import CONF, ROOT, TINY, compose_config
 from hydra import compose, initialize_config_dir
 from test_faults import results
 
+from rdprune.config import config_id
 from rdprune.pipeline import run
 
 
@@ -84,6 +85,15 @@ def test_gpus_per_node_follows_the_device(overrides, gpus):
 
 def test_an_explicit_gpu_count_wins():
     assert launcher_config("device=cuda", "hydra.launcher.gpus_per_node=2").gpus_per_node == 2
+
+
+def test_the_launcher_does_not_change_what_a_run_is(tmp_path):
+    """A job run through SLURM is the same setting as the same run started locally: the keys
+    ``launcher=slurm`` adds stay out of ``config_id`` (the report pairs and groups by it)."""
+    local = compose_config(["experiment=quickstart", "device=cpu"], tmp_path)
+    slurm = compose_config(["launcher=slurm", "experiment=quickstart", "device=cpu"], tmp_path)
+    assert "slurm_gpus" in slurm and "slurm_gpus" not in local  # the configs do differ
+    assert config_id(slurm) == config_id(local)
 
 
 def test_job_folders_leave_out_path_overrides(tmp_path):
@@ -214,8 +224,19 @@ def test_quickstart_finishes_in_one_minute_windows(tmp_path, record_property):
     print(f"\n{requeues} requeues, {stops} of them stopped RD profiling after a layer")
     (folder,) = job_folders(tmp_path)
     metrics = json.loads((tmp_path / "sweep" / folder / "metrics.json").read_text())
-    # the uninterrupted run, afterwards (on the same 2 cores, as the job had them)
-    reference = run(compose_config(["experiment=quickstart", "device=cpu"], tmp_path / "ref"))
+    # the uninterrupted run, afterwards, as the README starts it: a fresh process on the same
+    # 2 cores with torch's default threads, as the job had them (this test process may have set
+    # other thread counts, and float sums differ with the thread count)
+    ref = tmp_path / "ref"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "experiment=quickstart", "device=cpu",
+         f"paths.cache_dir={ref / 'cache'}", f"paths.data_dir={tmp_path / 'data'}",
+         f"paths.log_dir={ref / 'logs'}", f"hydra.run.dir={ref / 'out'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = json.loads((ref / "out" / "metrics.json").read_text())
     assert results(metrics) == results(reference)
 
 

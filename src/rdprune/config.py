@@ -95,7 +95,7 @@ def finetunes(cfg: DictConfig) -> bool:
 NEUTRAL = ("seed", "name", "sparsity", "flops_kept", "paths", "device", "threads", "logger",
            "launcher", "checkpoint_every", "dataset.root", "dataset.num_workers",
            "dataset.eval_batch_size", "dataset.download", "dataset.cache_dir", "rd.shards",
-           "rd.shard")
+           "rd.shard", "slurm_gpus")
 #: ``rd.*`` keys that split RD profiling over jobs (``rd.shard`` = k of ``rd.shards``): how the
 #: curves are computed, not what they are, so they are not options of the method
 SHARDING = ("shards", "shard")
