@@ -370,8 +370,8 @@ def rounds_stage(run: Run) -> tuple[list[Round], dict[str, torch.Tensor]]:
     for index, target in enumerate(targets(cfg), start=1):
         key = cache.digest(
             "round", rdprune.__version__, cache.state_digest(run.model), masks,
-            cfg.method.name, method_options(cfg), target, budget_of(cfg), training(cfg, "finetune"),
-            run.data_key, cfg.seed, index,
+            cfg.method.name, method_options(cfg), container(cfg.prune), target, budget_of(cfg),
+            training(cfg, "finetune"), run.data_key, cfg.seed, index,
         )
         compute = functools.partial(prune_round, run, index, target, masks)
         record, hit = cache.cached(run.cache_dir / "rounds" / f"{key}.pt", compute)
