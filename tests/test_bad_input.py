@@ -1,4 +1,4 @@
-"""Every bad input of the README's table is one line, before any stage, whatever the cache holds.
+"""Every bad input of docs/errors.md's table is one line, before any stage, whatever the cache holds.
 
 Each case runs against a *warm* cache (a finished run with the same settings otherwise), with the
 expensive stages replaced by a tripwire: a cached stage can never hide a bad setting. Each case
