@@ -10,7 +10,7 @@ the script checks that the paired runs report the same dense top-1.
     python experiments/paired_from_runs.py results/digits_iterative/runs.csv --by method
     python experiments/paired_from_runs.py results/admm_lenet5/runs.csv --by finetune
 
-prints, per target, each arm's mean top-1, the leader's paired difference to it with its 95%
+prints, per target (and schedule and fine-tune, unless they are the arms), each arm's mean top-1, the leader's paired difference to it with its 95%
 interval, and best / tied (``--out`` also writes the Markdown).
 """
 
@@ -38,11 +38,14 @@ def column(runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def table(runs: pd.DataFrame, by: list[str], metric: str = "top1") -> str:
-    """Markdown: one block per target, one row per arm."""
+    """Markdown: one block per target (and schedule and fine-tune), one row per arm."""
     lines = []
-    for target, cell in column(runs, by).groupby("target"):
+    within = ["target", *(c for c in ("schedule", "finetune") if c in runs and c not in by)]
+    for values, cell in column(runs, by).groupby(within):
         t = tie_rule(cell, metric)
-        lines += [f"### target {target:g}% ({len(cell.seed.unique())} seeds)", "",
+        name = ", ".join(f"{c} {v:g}%" if c == "target" else f"{c} {v}"
+                         for c, v in zip(within, values))
+        lines += [f"### {name} ({len(cell.seed.unique())} seeds)", "",
                   f"| {' + '.join(by)} | mean {metric} | leader minus this [95% interval] "
                   "| pairs | status |", "|---|---|---|---|---|"]
         for label, row in t.iterrows():

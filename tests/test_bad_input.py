@@ -79,6 +79,9 @@ CASES = {
                               "got 5$",
     "model=hf_lm": r"^model hf_lm is a language model: it needs dataset=text, got dataset=digits$",
     "prune.criterion=snip": r"^prune.criterion must be one of magnitude, wanda, got 'snip'$",
+    "prune.criterion=wanda": r"^prune.criterion=wanda compares the weights of each output row of "
+                             r"a linear layer; 33 of the 34 prunable layers are not linear "
+                             r"\(conv1: Conv2d\): use prune.criterion=magnitude$",
     "flops_kept=0": "flops_kept must be in",
     "method=lamp flops_kept=0.5": "FLOPs target",
     "dense.checkpoint=/etc/passwd": "not a PyTorch state_dict",

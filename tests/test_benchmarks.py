@@ -78,3 +78,27 @@ def test_gpu_lm_check_smoke(tmp_path):
     report = script("gpu_lm_check").main(["--device", "cpu", "--smoke", "--out", str(out)])
     assert report["max_rel_diff_fast_vs_naive"] < 1e-5
     assert report["max_rel_diff_grid_batch_8_vs_1"] < 1e-5 and out.exists()
+
+
+def test_paired_from_runs_matches_a_hand_t_interval(tmp_path):
+    """Pairs by seed; leader minus each arm with Student's t (t_0.975,2 = 4.302653); arms whose
+    seeds trained different dense models are refused."""
+    import pandas as pd
+
+    rows = [("a", 0, 99.0, 98.0), ("a", 1, 98.0, 97.0), ("a", 2, 97.0, 96.0),
+            ("b", 0, 98.0, 98.0), ("b", 1, 97.5, 97.0), ("b", 2, 95.0, 96.0)]
+    runs = pd.DataFrame(rows, columns=["method", "seed", "top1", "dense_top1"])
+    runs["target"], runs["run_dir"] = 95.0, [f"r{i}" for i in range(len(runs))]
+    path = tmp_path / "runs.csv"
+    runs.to_csv(path, index=False)
+    out = tmp_path / "paired.md"
+    script("paired_from_runs").main([str(path), "--out", str(out)])
+    d = [1.0, 0.5, 2.0]  # a - b per seed
+    mean, sd = sum(d) / 3, (sum((x - 7 / 6) ** 2 for x in d) / 2) ** 0.5
+    half = 4.302653 * sd / 3 ** 0.5
+    row = next(ln for ln in out.read_text().splitlines() if ln.startswith("| b |"))
+    assert f"+{mean:.2f} [{mean - half:+.2f}, {mean + half:+.2f}] | 3 | tied" in row
+    runs.loc[3, "dense_top1"] = 90.0  # seed 0's b run on another dense model
+    runs.to_csv(path, index=False)
+    with pytest.raises(SystemExit, match="different dense models"):
+        script("paired_from_runs").main([str(path)])

@@ -24,7 +24,6 @@ CHANGES = {
     "rd.grid_points=5": {"curves", "solve", "rounds"},
     "rd.reduction=mean": {"curves", "solve", "rounds"},
     "method=ours_zerodata": {"curves", "solve", "rounds"},              # zero-data
-    "prune.criterion=wanda": {"curves", "solve", "rounds"},             # which weights go
     "sparsity=0.6": {"solve", "rounds"},                                # curves reused
     "flops_kept=0.5": {"solve", "rounds"},                              # FLOPs budget
     "precision=bf16": {"dense", "curves", "solve", "rounds"},           # training precision

@@ -298,3 +298,31 @@ def test_fine_tuning_a_pruned_lm_keeps_its_masks(tmp_path):
     history = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text()
                .splitlines()]
     assert any("finetune_round1" in json.dumps(h) for h in history)
+
+
+@pytest.mark.parametrize("method", ["ours", "lamp"])
+def test_the_criterion_is_part_of_what_a_round_caches(tmp_path, method):
+    """Magnitude, then Wanda, same method, target and cache: the Wanda run prunes its own
+    weights (its round, and for ours its curves, are not the magnitude run's)."""
+    from rdprune.cache import load
+    from rdprune.pipeline import run
+
+    runs = {c: run(compose_config([*LM_TINY, f"method={method}", f"prune.criterion={c}",
+                                   "sparsity=0.6"], tmp_path, out=c))
+            for c in ("magnitude", "wanda")}
+    assert runs["wanda"]["rounds"][0]["allocate_seconds"] > 0  # computed, not served
+    assert runs["wanda"]["perplexity"] != runs["magnitude"]["perplexity"]
+    masks = [load(tmp_path / c / "masks.pt") for c in runs]
+    assert any(not torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
+
+
+def test_wanda_on_a_convolutional_network_is_one_line_up_front(tmp_path):
+    from conftest import TINY
+
+    from rdprune.errors import UserError
+    from rdprune.pipeline import run
+
+    with pytest.raises(UserError, match=r"wanda compares the weights of each output row of a "
+                                        r"linear layer; \d+ of the \d+ prunable layers"):
+        run(compose_config([*TINY, "prune.criterion=wanda"], tmp_path))
+    assert not (tmp_path / "cache" / "dense").exists()  # before any stage

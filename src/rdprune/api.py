@@ -28,7 +28,15 @@ from rdprune.allocation import BASELINES
 from rdprune.errors import UserError, UserTypeError, one_line
 from rdprune.flops import layer_macs
 from rdprune.layers import find_prunable, is_prunable, unwrap
-from rdprune.masks import CRITERIA, Criterion, apply_masks, check_masks, kept_count, num_pruned
+from rdprune.masks import (
+    CRITERIA,
+    Criterion,
+    apply_masks,
+    check_criterion,
+    check_masks,
+    kept_count,
+    num_pruned,
+)
 from rdprune.lm_allocation import LM_BASELINES
 from rdprune.methods import Allocation, Baseline, LMBaseline, Problem, rate_distortion
 from rdprune.models.lm import CausalLM
@@ -108,6 +116,7 @@ def criterion_for(name: str, model: nn.Module, layers: Mapping[str, nn.Module],
         return Criterion()
     if calib is None:
         raise UserError("criterion=wanda needs calibration inputs: pass calib=...")
+    check_criterion(name, layers)
     return Criterion("wanda", input_norms(model, layers, calib, device=_device(model)))
 
 

@@ -128,6 +128,18 @@ def wanda_mask_count(weight: torch.Tensor, norm: torch.Tensor, k: int) -> torch.
     return torch.empty_like(keep).scatter_(1, order, keep)
 
 
+def check_criterion(name: str, layers: Mapping[str, nn.Module]) -> None:
+    """One line, before any work, when ``name`` cannot prune ``layers``: Wanda compares the
+    weights of each output row of a *linear* layer (a convolution has no such rows)."""
+    if name == "wanda":
+        conv = [n for n, m in layers.items() if m.weight.dim() != 2]
+        if conv:
+            raise UserError(
+                f"prune.criterion=wanda compares the weights of each output row of a linear "
+                f"layer; {len(conv)} of the {len(layers)} prunable layers are not linear "
+                f"({conv[0]}: {type(layers[conv[0]]).__name__}): use prune.criterion=magnitude")
+
+
 class Criterion:
     """Which weights of a layer go first: ``magnitude`` or ``wanda`` (module docstring).
 

@@ -61,7 +61,14 @@ from rdprune.errors import UserError
 from rdprune.flops import flops_kept, layer_macs
 from rdprune.layers import find_prunable, unprunable_weights
 from rdprune.activations import input_norms
-from rdprune.masks import Criterion, check_masks, kept_count, layer_sparsities, sparsity_of
+from rdprune.masks import (
+    Criterion,
+    check_criterion,
+    check_masks,
+    kept_count,
+    layer_sparsities,
+    sparsity_of,
+)
 from rdprune.methods import Problem
 from rdprune.outputs import (
     layer_rows,
@@ -151,6 +158,7 @@ def setup(cfg: DictConfig) -> Run:
                                           sizable="kwargs" in cfg.model) from None
     if not layers:
         raise UserError(f"{type(model).__name__} has no Conv2d or Linear layer to prune")
+    check_criterion(cfg.prune.criterion, layers)
     outside = sum(unprunable_weights(model, layers).values())
     if outside:
         log.warning("%s: %d weights are outside the prunable Conv2d / Linear layers "
