@@ -201,7 +201,13 @@ def test_a_finished_run_directory_is_refused_and_left_untouched(tmp_path):
 def test_ctrl_c_is_one_line_and_the_rerun_resumes(tmp_path):
     args = [*TINY, "method=lamp", "recipe.dense_steps=100000", "checkpoint_every=1000000",
             f"hydra.run.dir={tmp_path / 'run'}"]
-    proc = run_py(*args, cwd=tmp_path)
+    # A shell starts background jobs with SIGINT ignored and the child inherits that (rdprune then
+    # rightly ignores Ctrl-C); start it as a terminal would, with SIGINT not ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = run_py(*args, cwd=tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.time() + 120
     partial = []
     while time.time() < deadline and not partial:  # interrupt once dense training is running
