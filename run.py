@@ -25,7 +25,7 @@ log = logging.getLogger("rdprune")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from rdprune.pipeline import run  # imported here so --help and --cfg stay fast
+    from rdprune.run.pipeline import run  # imported here so --help and --cfg stay fast
 
     try:
         return run(cfg).get("top1")  # (a profiling shard has none)

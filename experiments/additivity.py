@@ -36,10 +36,10 @@ from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from rdprune.additivity import agreement, measure, num_forwards, random_subsets
-from rdprune.distortion import joint
-from rdprune.pipeline import dense_stage, setup
-from rdprune.train import predict
+from rdprune.methods.rd.additivity import agreement, measure, num_forwards, random_subsets
+from rdprune.methods.rd.distortion import joint
+from rdprune.run.pipeline import dense_stage, setup
+from rdprune.training.train import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 SPARSITIES = (0.1, 0.2, 0.5, 0.8)

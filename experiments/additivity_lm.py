@@ -46,14 +46,14 @@ import torch
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
-from rdprune.activations import input_norms
-from rdprune.additivity import measure, random_subsets
+from rdprune.pruning.statistics import input_norms
+from rdprune.methods.rd.additivity import measure, random_subsets
 from rdprune.api import make_method, prune
-from rdprune.distortion import joint
-from rdprune.masks import Criterion, num_pruned
+from rdprune.methods.rd.distortion import joint
+from rdprune.pruning.masks import Criterion, num_pruned
 from rdprune.methods import Problem
 from rdprune.models.lm import block_index
-from rdprune.train import predict
+from rdprune.training.train import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 SPARSITIES = (0.3, 0.7)

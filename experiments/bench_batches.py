@@ -9,7 +9,7 @@ holds them), through :func:`rdprune.data.cifar_splits`, i.e. the production CIFA
 (random crop 32 with padding 4, horizontal flip, normalisation), batch 100. In one process with
 ``torch.set_num_threads(1)``:
 
-- per-sample path: :func:`rdprune.batches.per_sample_batches` (a DataLoader without workers,
+- per-sample path: :func:`rdprune.data.batches.per_sample_batches` (a DataLoader without workers,
   torchvision's PIL CIFAR items and v2 transforms, one generator reseed per sample);
 - in-memory path: :meth:`rdprune.data.Splits.train_batches` (batched tensor ops);
 - what training consumes: ResNet-32 steps (batch 100, 32x32, forward + backward + AdamW).
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torchvision.datasets import CIFAR10
 
-from rdprune.batches import per_sample_batches
+from rdprune.data.batches import per_sample_batches
 from rdprune.data import Splits, cifar_splits
 from rdprune.models import resnet32
 

@@ -6,7 +6,7 @@ realistic rate-distortion curves (seeded): ``a_l * (exp(b_l * s) - 1)`` with per
 scales and 2% multiplicative noise. No weights or data are needed.
 
 Compared, in one process:
-- ``rdprune.dp.solve`` (binned to ``tol`` = 0.1% of the budget) at 50% and 90% sparsity;
+- ``rdprune.methods.rd.dp.solve`` (binned to ``tol`` = 0.1% of the budget) at 50% and 90% sparsity;
 - a naive exact DP laid out like the official code (a float64 value and an int32 choice per layer
   and per budget unit: 12 x L x B bytes), at 90% only: at 50% it is skipped with an estimate;
 - ``solve`` forced exact (one bin per weight), for the exact optimum with small back-pointers.
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rdprune.dp import solve, total
-from rdprune.masks import num_pruned
+from rdprune.methods.rd.dp import solve, total
+from rdprune.pruning.masks import num_pruned
 
 
 def resnet50_sizes() -> list[int]:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rdprune.dp import solve
-from rdprune.masks import num_pruned
+from rdprune.methods.rd.dp import solve
+from rdprune.pruning.masks import num_pruned
 
 SHAPES = {  # per decoder block: q, k, v, o, gate, up, down
     "LLaMA-7B (32 blocks)": ([4096 * 4096] * 4 + [4096 * 11008] * 3, 32),

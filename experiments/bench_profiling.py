@@ -16,7 +16,7 @@ Models (``--model``), at random init:
   class token), depth 4, 10 classes (LayerNorm: nothing to fold);
 * ``lm``: the offline language model of ``model=hf_lm`` (a LLaMA with 4 blocks, hidden 128, 4
   heads, vocabulary 2,048; 28 prunable linears), random init, on sequences of 128 random token
-  ids; the fast path is :func:`rdprune.profiling.lm.lm_curves` (the pruned layer's block and the
+  ids; the fast path is :func:`rdprune.methods.rd.profiling.lm.lm_curves` (the pruned layer's block and the
   blocks after it run per grid point).
 
 Calibration: i.i.d. N(0, 1) inputs (``lm``: uniform token ids).
@@ -52,9 +52,9 @@ import timm
 import torch
 from torch import nn
 
-from rdprune.layers import find_prunable
+from rdprune.pruning.layers import find_prunable
 from rdprune.models import resnet32
-from rdprune.profiling import gaussian_inputs, rd_curves, rd_curves_naive, warm_batchnorm
+from rdprune.methods.rd.profiling import gaussian_inputs, rd_curves, rd_curves_naive, warm_batchnorm
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -130,7 +130,7 @@ def store_overhead(curves_fn: Callable, names: list[str], say, rounds: int = 2) 
     best-of-``rounds`` times, and the time spent in the writes (``CurveStore.put``) itself."""
     import tempfile
 
-    from rdprune.profiling import store as store_module
+    from rdprune.methods.rd.profiling import store as store_module
 
     put = store_module.CurveStore.put
     spent = [0.0]
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def fast_fn(red: str, g: np.ndarray, **kw) -> Callable[[list[str]], np.ndarray]:
         if args.model == "lm":
-            from rdprune.profiling.lm import lm_curves
+            from rdprune.methods.rd.profiling.lm import lm_curves
 
             return lambda group, sink=None: lm_curves(
                 model, x, g, red, layers={n: modules[n] for n in group}, sink=sink, **common)

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from rdprune.layers import find_prunable
+from rdprune.pruning.layers import find_prunable
 from rdprune.models import torchvision_model
-from rdprune.profiling import gaussian_inputs, rd_curves, rd_curves_naive, warm_batchnorm
+from rdprune.methods.rd.profiling import gaussian_inputs, rd_curves, rd_curves_naive, warm_batchnorm
 
 TARGET_SECONDS = 60.0
 TOLERANCE = 0.01

@@ -13,7 +13,7 @@ every step, so whatever was reached is kept):
    scheme on a few layers for the ratio; through ``bench_profiling_resnet50.py``'s functions.
 2. Training step time of every paper model at its recipe batch size (from the composed
    experiment configs) in float32 and bf16, random init, with the production data path:
-   :func:`rdprune.train.fit` over in-memory splits (CIFAR models: generated CIFAR through
+   :func:`rdprune.training.train.fit` over in-memory splits (CIFAR models: generated CIFAR through
    :func:`rdprune.data.cifar_splits`, crop + flip + normalise; ImageNet models: synthetic
    224x224 tensors, as ImageNet itself is decoded from files, see ``bench_decode.py``). Data wait
    = time inside the batch iterator / wall time (target < 10%). For ResNet-32 bf16 also batches
@@ -134,8 +134,8 @@ def sync(device: torch.device) -> None:
 
 def profiling(args, device: torch.device, clock: Clock, rec: dict) -> None:
     bench = script("bench_profiling_resnet50")
-    from rdprune.layers import find_prunable
-    from rdprune.profiling import gaussian_inputs
+    from rdprune.pruning.layers import find_prunable
+    from rdprune.methods.rd.profiling import gaussian_inputs
 
     n, size, points, naive_layers = (1, 32, 2, 1) if args.smoke else (256, 224, 101, 2)
     rec["setting"] = (f"{n} N(0, 1) images 3x{size}x{size}, grid linspace(0, 1, {points}), "
@@ -216,7 +216,7 @@ def step_time(model, data, cfg, device, precision: str, batch: int, args) -> dic
     """ms/step, images/s and data-wait share of ``fit`` on ``data`` (warm-up steps untimed)."""
     from hydra.utils import instantiate
 
-    from rdprune.train import fit
+    from rdprune.training.train import fit
 
     def run(steps: int) -> float:
         sync(device)
@@ -239,7 +239,7 @@ def training(args, device: torch.device, clock: Clock, rec: dict) -> None:
     from hydra.utils import instantiate
 
     from rdprune.data import synthetic
-    from rdprune.layers import find_prunable
+    from rdprune.pruning.layers import find_prunable
 
     cifar = script("bench_batches").generated_cifar
     for name in args.models:
@@ -320,7 +320,7 @@ def cost_rows(state: dict) -> list[dict]:
     """
     from omegaconf import OmegaConf
 
-    from rdprune.config import finetunes, targets, trains_dense
+    from rdprune.run.spec import finetunes, targets, trains_dense
 
     rows = []
     for path in sorted((ROOT / "conf" / "experiment").glob("*.yaml")):
@@ -413,7 +413,7 @@ def profiling_section(state: dict) -> list[str]:
 def training_section(state: dict) -> list[str]:
     train = state["training"]
     lines = [f"## 2. Training step time ({train.get('status', 'running')})", "",
-             "`rdprune.train.fit`, random init, the recipe's batch size and fine-tuning optimizer; "
+             "`rdprune.training.train.fit`, random init, the recipe's batch size and fine-tuning optimizer; "
              "data wait = time inside the batch iterator / wall time (target < 10%).", "",
              "| model | input | batch | precision | ms/step | images/s | data wait |",
              "|---|---|---|---|---|---|---|"]

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rdprune.layers import find_prunable
+from rdprune.pruning.layers import find_prunable
 from rdprune.models.lm import causal_lm
-from rdprune.profiling import rd_curves_naive
-from rdprune.profiling.lm import lm_curves
+from rdprune.methods.rd.profiling import rd_curves_naive
+from rdprune.methods.rd.profiling.lm import lm_curves
 
 SHAPE = dict(model_type="llama", hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
              num_attention_heads=32, num_key_value_heads=4, tie_word_embeddings=False)

@@ -2,7 +2,7 @@
 
 For experiments whose run directories are gone (``logs/`` is not committed) but whose
 ``runs.csv`` (one row per run, written by ``python -m rdprune.report``) is: the same tie rule
-and Student-t intervals as the report (:mod:`rdprune.stats`), over the seeds. ``runs.csv`` of
+and Student-t intervals as the report (:mod:`rdprune.report.stats`), over the seeds. ``runs.csv`` of
 older reports has no ``dense_key``; within one of these experiments the dense model depends on
 the seed only (its config does not name the method or the fine-tune), so runs pair by seed, and
 the script checks that the paired runs report the same dense top-1.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rdprune.stats import TIE_RULE, tie_rule
+from rdprune.report.stats import TIE_RULE, tie_rule
 
 
 def column(runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:

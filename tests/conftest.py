@@ -49,7 +49,7 @@ def compose_config(overrides: list[str], tmp: Path, out: str = "out") -> DictCon
 def dataset(config: str, /, **overrides: Any):
     """The :class:`~rdprune.data.Splits` of ``conf/dataset/<config>.yaml`` with ``overrides``
     (its keys): the factories take no defaults, the YAML holds them."""
-    from rdprune.config import build
+    from rdprune.run.spec import build
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose("config", overrides=[f"dataset={config}"])

@@ -1,4 +1,4 @@
-"""rdprune.additivity: joint vs single-layer distortions, checked by hand on a small MLP."""
+"""rdprune.methods.rd.additivity: joint vs single-layer distortions, checked by hand on a small MLP."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from rdprune.additivity import agreement, measure, num_forwards, random_subsets
+from rdprune.methods.rd.additivity import agreement, measure, num_forwards, random_subsets
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_a_stop_signal_ends_after_the_measurement_in_flight_and_the_rerun_resume
     import os
     import signal
 
-    from rdprune import additivity
+    from rdprune.methods.rd import additivity
 
     model, layers, x = mlp
     subsets, sparsities = [("pair", (0, 1)), ("pair", (1, 2))], [0.3, 0.7]

@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from rdprune import cache
-from rdprune.admm import RESIDUALS, admm_phase, project
+from rdprune.training.admm import RESIDUALS, admm_phase, project
 from rdprune.data import step_seed
 from rdprune.errors import UserError
-from rdprune.masks import (
+from rdprune.pruning.masks import (
     apply_masks,
     magnitude_mask,
     magnitude_masks,
@@ -28,7 +28,7 @@ from rdprune.masks import (
     num_pruned,
     sparsity_of,
 )
-from rdprune.train import TrainingDivergedError, evaluate, fit
+from rdprune.training.train import TrainingDivergedError, evaluate, fit
 
 torch.set_num_threads(1)
 

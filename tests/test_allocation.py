@@ -1,4 +1,4 @@
-"""Tests for rdprune.allocation: the pruning baselines (how many weights each layer loses)."""
+"""Tests for rdprune.methods.baselines: the pruning baselines (how many weights each layer loses)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rdprune.allocation import (
+from rdprune.methods.baselines import (
     BASELINES,
     _lamp_scores,
     erk,
@@ -20,7 +20,7 @@ from rdprune.allocation import (
     uniform_plus,
 )
 from rdprune.errors import UserError
-from rdprune.masks import magnitude_mask, num_pruned
+from rdprune.pruning.masks import magnitude_mask, num_pruned
 
 # Shapes like a small CNN: stem conv, convs, a depthwise conv, a 1x1 shortcut, the classifier.
 SHAPES = [(16, 3, 3, 3), (32, 16, 3, 3), (32, 1, 3, 3), (64, 32, 3, 3), (64, 64, 3, 3),

@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import rdprune
 from rdprune.errors import UserError
-from rdprune.layers import find_prunable
-from rdprune.masks import kept_count, num_pruned
+from rdprune.pruning.layers import find_prunable
+from rdprune.pruning.masks import kept_count, num_pruned
 from rdprune.models import resnet32
 
 
@@ -101,7 +101,7 @@ def test_ours_meets_the_budget_and_caches_like_the_pipeline(model, tmp_path):
 
 
 def test_a_flops_target_keeps_at_most_that_share_of_the_macs(model):
-    from rdprune.flops import flops_kept, layer_macs
+    from rdprune.pruning.flops import flops_kept, layer_macs
 
     calib = torch.randn(8, 3, 16, 16)
     out = rdprune.allocate(model, calib, flops_kept=0.3, grid_points=21, progress=False)

@@ -22,9 +22,9 @@ import pytest
 import torch
 from conftest import ROOT, TINY, compose_config
 
-from rdprune import pipeline
+from rdprune.run import pipeline
 from rdprune.errors import UserError
-from rdprune.masks import num_pruned
+from rdprune.pruning.masks import num_pruned
 
 BASE = [*TINY, "method=ours", "rd.grid_points=4"]
 

@@ -18,10 +18,10 @@ from torchvision.datasets import CIFAR10
 from torchvision.transforms import v2
 
 import rdprune.data.splits
-from rdprune.batches import ImageBatches, per_sample_batches, step_indices
+from rdprune.data.batches import ImageBatches, per_sample_batches, step_indices
 from rdprune.data import CIFAR_MEAN, CIFAR_STD, cifar_splits
 from rdprune.models import resnet32
-from rdprune.train import fit
+from rdprune.training.train import fit
 
 #: a correct implementation fails a statistical test below for at most this share of seeds
 ALPHA = 1e-6

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import TINY, compose_config
 
-from rdprune.pipeline import run
+from rdprune.run.pipeline import run
 
 BASE = [*TINY, "method=ours", "rd.grid_points=4", "dataset.calib_size=16",
         "recipe.dense_steps=10", "recipe.finetune_steps=2", "sparsity=0.5"]

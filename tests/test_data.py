@@ -13,7 +13,7 @@ from conftest import CONF, dataset
 from omegaconf import OmegaConf
 
 import rdprune.data
-from rdprune.batches import step_indices
+from rdprune.data.batches import step_indices
 from rdprune.errors import UserError
 
 

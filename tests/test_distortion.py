@@ -1,4 +1,4 @@
-"""rdprune.distortion against an independent numpy computation."""
+"""rdprune.methods.rd.distortion against an independent numpy computation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rdprune.distortion import REDUCTIONS, Accumulator, check_reduction, joint
+from rdprune.methods.rd.distortion import REDUCTIONS, Accumulator, check_reduction, joint
 from rdprune.errors import UserError
 
 

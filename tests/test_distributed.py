@@ -18,7 +18,7 @@ from torch import nn
 from torch.multiprocessing.spawn import ProcessRaisedException
 
 from rdprune import cache
-from rdprune.distributed import (
+from rdprune.training.distributed import (
     Rank,
     ReplicaMismatchError,
     _worker_error,
@@ -26,9 +26,9 @@ from rdprune.distributed import (
     resolve_devices,
 )
 from rdprune.errors import UserError
-from rdprune.layers import find_prunable
-from rdprune.masks import check_masks, magnitude_masks
-from rdprune.train import TrainingDivergedError, fit
+from rdprune.pruning.layers import find_prunable
+from rdprune.pruning.masks import check_masks, magnitude_masks
+from rdprune.training.train import TrainingDivergedError, fit
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),

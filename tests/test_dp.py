@@ -9,7 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from rdprune.dp import InfeasibleBudgetError, solve, total
+from rdprune.methods.rd.dp import InfeasibleBudgetError, solve, total
 from rdprune.errors import UserError
 
 SEEDS = range(200)

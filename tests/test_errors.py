@@ -7,7 +7,7 @@ import torch
 
 import rdprune
 from rdprune.errors import UserError, UserFileNotFoundError, UserTypeError
-from rdprune.pipeline import run
+from rdprune.run.pipeline import run
 
 
 def assert_clean_failure(cfg, tmp_path, match: str) -> str:
@@ -95,7 +95,7 @@ def test_errors_are_the_standard_exception_types(tmp_path):
         rdprune.allocate(model, calib=3, sparsity=0.5, method="uniform")
     with pytest.raises(TypeError, match="is a Flatten, not a Conv2d / Linear"):
         rdprune.prune(model, {"0": 0.5})
-    from rdprune.validation import load_state
+    from rdprune.run.checks import load_state
 
     with pytest.raises(FileNotFoundError, match="checkpoint not found") as info:
         load_state(str(tmp_path / "missing.pt"))

@@ -10,8 +10,8 @@ from conftest import CONF, compose_config
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from rdprune.config import is_rd, targets
-from rdprune.pipeline import run, setup
+from rdprune.run.spec import is_rd, targets
+from rdprune.run.pipeline import run, setup
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 

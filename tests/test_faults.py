@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import ROOT, TINY, compose_config
 
-from rdprune.pipeline import run
+from rdprune.run.pipeline import run
 
 FAULT = [*TINY, "method=ours", "rd.grid_points=21", "recipe.dense_steps=60",
          "recipe.finetune_steps=40", "checkpoint_every=10"]

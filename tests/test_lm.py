@@ -11,13 +11,13 @@ import torch
 from conftest import compose_config
 from torch import nn
 
-from rdprune.activations import input_norms
+from rdprune.pruning.statistics import input_norms
 from rdprune.data.text_corpus import TextSplits, TokenWindows, stdlib_texts, text
-from rdprune.layers import find_prunable
-from rdprune.masks import Criterion, num_pruned, wanda_mask_count
+from rdprune.pruning.layers import find_prunable
+from rdprune.pruning.masks import Criterion, num_pruned, wanda_mask_count
 from rdprune.models.lm import CausalLM, causal_lm
-from rdprune.profiling import rd_curves_naive
-from rdprune.profiling.lm import lm_curves
+from rdprune.methods.rd.profiling import rd_curves_naive
+from rdprune.methods.rd.profiling.lm import lm_curves
 
 TINY_LLAMA = dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
@@ -232,7 +232,7 @@ LM_TINY = ["model=hf_lm", "dataset=text", "device=cpu", "threads=1", "dataset.to
     ("ours", "wanda"), ("ours_block", "magnitude"), ("owl", "magnitude"), ("atp", "wanda"),
     ("alpha_pruning", "wanda"), ("lamp", "wanda")])
 def test_language_model_runs_through_the_pipeline(tmp_path, method, criterion):
-    from rdprune.pipeline import run
+    from rdprune.run.pipeline import run
 
     cfg = compose_config([*LM_TINY, f"method={method}", f"prune.criterion={criterion}",
                           "sparsity=0.6"], tmp_path)
@@ -260,7 +260,7 @@ def test_language_model_runs_through_the_pipeline(tmp_path, method, criterion):
 
 def test_image_model_on_text_and_lm_on_images_are_one_line_errors(tmp_path):
     from rdprune.errors import UserError
-    from rdprune.pipeline import run
+    from rdprune.run.pipeline import run
 
     with pytest.raises(UserError, match="needs dataset=text"):
         run(compose_config(["model=hf_lm", "device=cpu"], tmp_path))
@@ -271,7 +271,7 @@ def test_image_model_on_text_and_lm_on_images_are_one_line_errors(tmp_path):
 def test_calibration_draws_share_the_dense_lm(tmp_path):
     """seed = the calibration draw, dense.seed fixed: one dense model, other calibration sets,
     other curves; paired by seed in the report (same dense_key)."""
-    from rdprune.pipeline import run
+    from rdprune.run.pipeline import run
 
     runs = [run(compose_config([*LM_TINY, "method=ours", "sparsity=0.5", "dense.seed=0",
                                 f"seed={s}"], tmp_path, out=f"s{s}")) for s in (0, 1)]
@@ -288,7 +288,7 @@ def test_fine_tuning_a_pruned_lm_keeps_its_masks(tmp_path):
     pruned weights held at zero (the loop checks the masks), the perplexity after it measured."""
     import json
 
-    from rdprune.pipeline import run
+    from rdprune.run.pipeline import run
 
     metrics = run(compose_config([*LM_TINY, "method=uniform", "sparsity=0.7", "finetune=adamw",
                                   "recipe.finetune_steps=6", "finetune.optimizer.lr=1e-2"],
@@ -305,7 +305,7 @@ def test_the_criterion_is_part_of_what_a_round_caches(tmp_path, method):
     """Magnitude, then Wanda, same method, target and cache: the Wanda run prunes its own
     weights (its round, and for ours its curves, are not the magnitude run's)."""
     from rdprune.cache import load
-    from rdprune.pipeline import run
+    from rdprune.run.pipeline import run
 
     runs = {c: run(compose_config([*LM_TINY, f"method={method}", f"prune.criterion={c}",
                                    "sparsity=0.6"], tmp_path, out=c))
@@ -320,7 +320,7 @@ def test_wanda_on_a_convolutional_network_is_one_line_up_front(tmp_path):
     from conftest import TINY
 
     from rdprune.errors import UserError
-    from rdprune.pipeline import run
+    from rdprune.run.pipeline import run
 
     with pytest.raises(UserError, match=r"wanda compares the weights of each output row of a "
                                         r"linear layer; \d+ of the \d+ prunable layers"):

@@ -1,4 +1,4 @@
-"""Tests for rdprune.lm_allocation: OWL, ATP and AlphaPruning layer-wise sparsities.
+"""Tests for rdprune.methods.llm_baselines: OWL, ATP and AlphaPruning layer-wise sparsities.
 
 The expected values are computed here independently: plain loops over blocks, and bisection
 (not the module's breakpoint solver) wherever clipping makes the mean re-solved.
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rdprune.errors import UserError
-from rdprune.lm_allocation import (
+from rdprune.methods.llm_baselines import (
     LM_BASELINES,
     alpha_pruning,
     atp,
@@ -23,7 +23,7 @@ from rdprune.lm_allocation import (
     owl,
     owl_outlier_ratio,
 )
-from rdprune.masks import num_pruned
+from rdprune.pruning.masks import num_pruned
 
 LLAMA_BLOCK = [(16, 16)] * 4 + [(40, 16), (40, 16), (16, 40)]  # q k v o gate up down
 LLAMA = ([s for _ in range(4) for s in LLAMA_BLOCK], [b for b in range(4) for _ in range(7)])

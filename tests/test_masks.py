@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rdprune.masks import (
+from rdprune.pruning.masks import (
     MaskViolationError,
     check_masks,
     magnitude_mask,

@@ -12,8 +12,8 @@ from torch import nn
 from conftest import CONF
 from rdprune import models
 from rdprune.errors import UserError
-from rdprune.flops import layer_macs
-from rdprune.layers import find_prunable
+from rdprune.pruning.flops import layer_macs
+from rdprune.pruning.layers import find_prunable
 
 CIFAR = (1, 3, 32, 32)
 # name -> (factory, example input shape, prunable layers, prunable weights, dense MACs or None)

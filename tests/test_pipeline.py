@@ -10,8 +10,8 @@ import torch
 from hydra.utils import instantiate
 
 from rdprune.cache import load
-from rdprune.layers import find_prunable
-from rdprune.pipeline import run
+from rdprune.pruning.layers import find_prunable
+from rdprune.run.pipeline import run
 
 METRIC_KEYS = {
     "model", "dataset", "method", "seed", "target_sparsity", "achieved_sparsity",
@@ -70,7 +70,7 @@ def test_admm_then_hard_prune_then_retrain(tiny_config, tmp_path):
     admm = pd.read_csv(out / "admm.csv")
     assert list(admm["iter"]) == [1, 2, 3] and admm.primal_residual.notna().all()
     layers = pd.read_csv(out / "layers.csv")
-    from rdprune.masks import num_pruned
+    from rdprune.pruning.masks import num_pruned
 
     removed = int((layers.weights - layers.kept).sum())  # hard-pruned to exactly ERK's counts
     assert abs(removed - num_pruned(int(layers.weights.sum()), 0.9)) <= len(layers)
@@ -105,7 +105,7 @@ def test_admm_with_iterative_schedule_is_refused(tiny_config):
 def test_ours_meets_the_target_to_the_weight_on_any_grid(tiny_config, tmp_path, grid_points):
     """The DP picks grid points within rd.tol under the budget; the budget it leaves unused is
     given back to the steepest curves, so the target count is removed exactly."""
-    from rdprune.masks import num_pruned
+    from rdprune.pruning.masks import num_pruned
 
     metrics = run(tiny_config("method=ours", f"rd.grid_points={grid_points}", "sparsity=0.7",
                               "recipe.finetune_steps=0"))

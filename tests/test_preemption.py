@@ -19,11 +19,11 @@ from conftest import ROOT, dataset
 from torch import nn
 
 from rdprune import cache
-from rdprune.admm import admm_phase
-from rdprune.layers import find_prunable
-from rdprune.masks import magnitude_masks
-from rdprune.preemption import Guard
-from rdprune.train import fit
+from rdprune.training.admm import admm_phase
+from rdprune.pruning.layers import find_prunable
+from rdprune.pruning.masks import magnitude_masks
+from rdprune.training.preemption import Guard
+from rdprune.training.train import fit
 
 SGD = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-3)
 SCHED = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=12)

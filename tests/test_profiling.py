@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rdprune.layers import find_prunable
-from rdprune.masks import apply_masks, magnitude_mask
+from rdprune.pruning.layers import find_prunable
+from rdprune.pruning.masks import apply_masks, magnitude_mask
 from rdprune.models import cifar_resnet, efficientnet_b0
-from rdprune.profiling import gaussian_inputs, rd_curves, rd_curves_naive, warm_batchnorm
+from rdprune.methods.rd.profiling import gaussian_inputs, rd_curves, rd_curves_naive, warm_batchnorm
 
 # A silent fallback to the naive scheme would make the fast-vs-naive checks vacuous.
 pytestmark = pytest.mark.filterwarnings("error::UserWarning")
@@ -259,7 +259,7 @@ def test_efficientnet_every_option_fast_and_within_model_noise():
     """Random-init EfficientNet-B0 (warmed BN), float32: rounding differences of folding and
     channels-last are ~1e-4 of the curves, like the naive scheme's own under a one-ulp input
     nudge. Whatever the options, the trace check keeps the fast path (no fallback warning) and
-    the curves stay within 8 x that noise (the bound in rdprune.profiling's docstring)."""
+    the curves stay within 8 x that noise (the bound in rdprune.methods.rd.profiling's docstring)."""
     torch.manual_seed(0)
     model = warm_batchnorm(efficientnet_b0(), [gaussian_inputs(8, (3, 32, 32), 100 + i)
                                                for i in range(2)])

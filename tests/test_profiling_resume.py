@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from rdprune.cache import ReadOnlyCacheError
-from rdprune.layers import find_prunable
+from rdprune.pruning.layers import find_prunable
 from rdprune.methods import Problem, RateDistortion
-from rdprune.profiling import store as store_module
-from rdprune.profiling.store import CurveStore, shard_layers
+from rdprune.methods.rd.profiling import store as store_module
+from rdprune.methods.rd.profiling.store import CurveStore, shard_layers
 
 
 class Requeued(Exception):

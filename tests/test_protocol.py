@@ -1,8 +1,8 @@
 """The paper experiments' configs against the official protocol (paper-notes section 2).
 
 The expected values below are written from the notes independently of
-``rdprune.protocol.RECIPES``, so a wrong entry in either the configs or the spec table fails.
-The experiments are composed by :mod:`rdprune.protocol_check` from the checkout's ``conf/``,
+``rdprune.report.protocol.RECIPES``, so a wrong entry in either the configs or the spec table fails.
+The experiments are composed by :mod:`rdprune.report.protocol_check` from the checkout's ``conf/``,
 named explicitly (``CONF``): the tests do not depend on the current directory.
 """
 
@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from rdprune import protocol, protocol_check
+from rdprune.report import protocol
+
+from rdprune.report import protocol_check
 from rdprune.errors import UserError
-from rdprune.published import PUBLISHED
+from rdprune.report.published import PUBLISHED
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -195,11 +197,11 @@ def test_committed_protocol_md_is_current(tmp_path):
     out = tmp_path / "protocol.md"
     protocol_check.main(["--config-dir", str(CONF), "--out", str(out)])
     committed = (ROOT / "results" / "protocol.md").read_text()
-    command = "python -m rdprune.protocol_check --out results/protocol.md"
+    command = "python -m rdprune.report.protocol_check --out results/protocol.md"
     header = f"    {command}\n"
     assert header in committed, f"regenerate: {command}"
     assert committed.replace(header, "") == out.read_text().replace(
-        f"    python -m rdprune.protocol_check --config-dir {CONF} --out {out}\n", ""), \
+        f"    python -m rdprune.report.protocol_check --config-dir {CONF} --out {out}\n", ""), \
         f"results/protocol.md is stale: {command}"
 
 
@@ -228,7 +230,7 @@ def test_the_config_directory_is_named_found_here_or_asked_for(tmp_path, monkeyp
 
 def test_the_cli_without_a_config_directory_is_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != protocol_check.CONF_ENV}
-    proc = subprocess.run([sys.executable, "-m", "rdprune.protocol_check"], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-m", "rdprune.report.protocol_check"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr.startswith("error: no config directory") and proc.stderr.count("\n") == 1

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from rdprune import report
+from rdprune.report import build as report
 
 LAYERS = [("conv1", "Conv2d", (16, 3, 3, 3)), ("layer1.conv", "Conv2d", (16, 16, 3, 3)),
           ("layer2.conv", "Conv2d", (32, 16, 3, 3)), ("fc", "Linear", (10, 32))]
@@ -19,7 +19,7 @@ KEPT = {"ours": [216, 230, 230, 160], "lamp": [108, 230, 322, 80],
 
 
 def _record(model, dataset, method, schedule, sparsity, seed, experiment="sweep", **extra):
-    """What :func:`rdprune.config.record` writes for a run (run.json, metrics.json)."""
+    """What :func:`rdprune.run.spec.record` writes for a run (run.json, metrics.json)."""
     rd = {"calibration": "data", "grid_points": 101, "reduction": "worst", "batch_size": 256,
           "tol": 1e-3, "calib_seed": 0}
     rec = {"model": model, "dataset": dataset, "method": method,
@@ -283,7 +283,7 @@ def test_wandb_path(logs, tmp_path, monkeypatch, mode):
 
 
 def test_published_match_tolerance_and_method():
-    from rdprune.published import match
+    from rdprune.report.published import match
 
     assert match("resnet32", "cifar10", "iterative", 95.9).top1 == 90.83
     assert match("resnet32", "cifar10", "iterative", 96.1) is None  # > 0.5 pp away

@@ -12,9 +12,9 @@ from conftest import TINY, compose_config
 from test_faults import kill_when, results, start
 
 from rdprune.errors import UserError
-from rdprune.layers import find_prunable
-from rdprune.pipeline import run
-from rdprune.schedules import iterative_targets, schedule_targets
+from rdprune.pruning.layers import find_prunable
+from rdprune.run.pipeline import run
+from rdprune.pruning.targets import iterative_targets, schedule_targets
 
 
 def test_iterative_targets():
@@ -77,7 +77,7 @@ def test_the_allocation_itself_never_unprunes():
     solver that ignored it): a layer already pruned deep keeps at least its pruned count."""
     import numpy as np
 
-    from rdprune.masks import num_pruned
+    from rdprune.pruning.masks import num_pruned
     from rdprune.methods import Problem, RateDistortion
     from rdprune.models import resnet32
 

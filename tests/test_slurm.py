@@ -21,8 +21,8 @@ from conftest import CONF, ROOT, TINY, compose_config
 from hydra import compose, initialize_config_dir
 from test_faults import results
 
-from rdprune.config import config_id
-from rdprune.pipeline import run
+from rdprune.run.spec import config_id
+from rdprune.run.pipeline import run
 
 
 def _slurm_answers() -> bool:

@@ -1,4 +1,4 @@
-"""Paired statistics (rdprune.stats): intervals checked against hand computations."""
+"""Paired statistics (rdprune.report.stats): intervals checked against hand computations."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rdprune import stats
+from rdprune.report import stats
 
 COL = {"model": "resnet32", "dataset": "digits", "schedule": "oneshot", "finetune": "adamw",
        "target": 90.0, "target_kind": "sparsity"}

@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import Dying, dataset
 
-from rdprune.layers import find_prunable
-from rdprune.masks import check_masks, magnitude_masks, sparsity_of
+from rdprune.pruning.layers import find_prunable
+from rdprune.pruning.masks import check_masks, magnitude_masks, sparsity_of
 from rdprune.models import resnet32
-from rdprune.train import TrainingDivergedError, evaluate, fit
+from rdprune.training.train import TrainingDivergedError, evaluate, fit
 
 OPTIMIZERS = {
     "sgd_momentum_wd": functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9,
@@ -104,8 +104,8 @@ def test_nan_loss_stops_with_the_step(data, tmp_path):
 
 def test_a_revived_weight_is_an_error_not_a_warning(data, monkeypatch):
     """If anything revives a pruned weight mid-training, the epoch check stops the run."""
-    import rdprune.loop as loop_module
-    from rdprune.masks import MaskViolationError
+    import rdprune.training.loop as loop_module
+    from rdprune.pruning.masks import MaskViolationError
 
     model, layers, masks = pruned_model()
     real_apply = loop_module.apply_masks

@@ -17,14 +17,14 @@ import torch
 import torchvision
 from torch import nn
 
-from rdprune.layers import find_prunable, unprunable_weights
-from rdprune.profiling import gaussian_inputs, rd_curves, rd_curves_naive
+from rdprune.pruning.layers import find_prunable, unprunable_weights
+from rdprune.methods.rd.profiling import gaussian_inputs, rd_curves, rd_curves_naive
 
 # Any warning (a fallback to the naive scheme, grid batching giving up) fails a test.
 pytestmark = pytest.mark.filterwarnings("error::UserWarning")
 
 GRID = [0.0, 0.2, 0.6, 0.9, 1.0]
-NOISE_FACTOR = 8  # the bound stated in rdprune.profiling's docstring
+NOISE_FACTOR = 8  # the bound stated in rdprune.methods.rd.profiling's docstring
 
 
 def timm_vit(name: str) -> nn.Module:
@@ -169,9 +169,9 @@ def test_torchvision_vit_attention_is_unfused_prunable_and_counted():
     """torchvision's nn.MultiheadAttention reads in_proj_weight / out_proj functionally: as built
     by rdprune.models (unfuse_attention) each block has two more prunable Linears, computing the
     same function, counted in MACs, and pruned to the target with the rest."""
-    from rdprune.allocation import lamp
-    from rdprune.flops import layer_macs
-    from rdprune.masks import magnitude_masks, num_pruned, sparsity_of
+    from rdprune.methods.baselines import lamp
+    from rdprune.pruning.flops import layer_macs
+    from rdprune.pruning.masks import magnitude_masks, num_pruned, sparsity_of
     from rdprune.models.attention import SelfAttention, unfuse_attention
 
     model, x = torchvision_vit(), inputs(4)
@@ -204,7 +204,7 @@ def test_torchvision_vit_attention_is_unfused_prunable_and_counted():
 def test_weights_read_with_f_linear_are_prunable_swin_and_resnet():
     """torchvision Swin's attention reads qkv / proj with F.linear: they are used, so prunable
     and counted; only the relative position bias tables stay outside."""
-    from rdprune.flops import layer_macs
+    from rdprune.pruning.flops import layer_macs
 
     torch.manual_seed(0)
     swin = torchvision.models.SwinTransformer(

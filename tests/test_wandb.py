@@ -10,7 +10,7 @@ import types
 import pytest
 
 from rdprune.errors import UserError
-from rdprune.pipeline import run
+from rdprune.run.pipeline import run
 
 
 class FakeRun:
@@ -58,7 +58,7 @@ def test_wandb_run_finished_on_error(tiny_config, fake_wandb, monkeypatch):
     def boom(env):
         raise UserError("dense stage exploded")
 
-    monkeypatch.setattr("rdprune.pipeline.dense_stage", boom)
+    monkeypatch.setattr("rdprune.run.pipeline.dense_stage", boom)
     with pytest.raises(UserError):
         run(tiny_config("logger=wandb", "logger.mode=offline", "method=lamp"))
     assert fake_wandb[0].finished == 1

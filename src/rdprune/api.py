@@ -7,7 +7,7 @@
     masks = rdprune.prune(model, sparsities)            # zeros the weights, returns the masks
     rdprune.finetune(model, masks, loader, steps=500)   # optional; pruned weights stay zero
 
-These are the functions ``run.py``'s pipeline runs (:mod:`rdprune.pipeline` calls them with the
+These are the functions ``run.py``'s pipeline runs (:mod:`rdprune.run.pipeline` calls them with the
 method built from ``conf/method``), not a second implementation. Units: *sparsity* is the fraction
 of weights removed, in [0, 1); ``flops_kept`` is the fraction of the dense conv/linear MACs kept.
 """
@@ -23,12 +23,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from rdprune.activations import input_norms
-from rdprune.allocation import BASELINES
+from rdprune.pruning.statistics import input_norms
+from rdprune.methods.baselines import BASELINES
 from rdprune.errors import UserError, UserTypeError, one_line
-from rdprune.flops import layer_macs
-from rdprune.layers import find_prunable, is_prunable, unwrap
-from rdprune.masks import (
+from rdprune.pruning.flops import layer_macs
+from rdprune.pruning.layers import find_prunable, is_prunable, unwrap
+from rdprune.pruning.masks import (
     CRITERIA,
     Criterion,
     apply_masks,
@@ -37,7 +37,7 @@ from rdprune.masks import (
     kept_count,
     num_pruned,
 )
-from rdprune.lm_allocation import LM_BASELINES
+from rdprune.methods.llm_baselines import LM_BASELINES
 from rdprune.methods import Allocation, Baseline, LMBaseline, Problem, rate_distortion
 from rdprune.models.lm import CausalLM
 
@@ -184,7 +184,7 @@ def allocate(
         criterion: which weights of a layer go (``magnitude`` or ``wanda``): ``ours`` measures
             its curves with it (pass the same to :func:`prune`).
         **options: options of ``ours``: ``grid_points``, ``reduction``, ``batch_size``, ``tol``,
-            ``calib_seed`` (see :class:`rdprune.rate_distortion.RateDistortion`).
+            ``calib_seed`` (see :class:`rdprune.methods.rd.rate_distortion.RateDistortion`).
 
     Returns:
         ``{layer name: sparsity}`` in model order (an :class:`~rdprune.methods.Allocation`, which
@@ -281,7 +281,7 @@ def prune(
 class LoaderData:
     """A DataLoader (or any re-iterable of ``(inputs, labels)`` batches) as training data.
 
-    :func:`rdprune.train.fit` asks its data for the batches of steps ``start .. stop-1``; a
+    :func:`rdprune.training.train.fit` asks its data for the batches of steps ``start .. stop-1``; a
     loader is cycled, epoch after epoch, in its own order (so resuming is exact only if the
     loader's order is deterministic).
     """
@@ -341,7 +341,7 @@ def finetune(
         The loss / learning-rate history.
     """
     from rdprune.data import Splits
-    from rdprune.train import fit, lr_schedule
+    from rdprune.training.train import fit, lr_schedule
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise UserError(f"steps must be a non-negative integer, got {steps!r}")

@@ -6,7 +6,7 @@ curves), a test split, and loader settings. Factories are built by Hydra from ``
 (``_target_: rdprune.data.<factory>``).
 
 Training batches are a pure function of ``(seed, step)``, so an interrupted run resumed at step
-``t`` sees exactly the batches an uninterrupted run would (see :mod:`rdprune.batches`). Datasets
+``t`` sees exactly the batches an uninterrupted run would (see :mod:`rdprune.data.batches`). Datasets
 that fit in memory (digits, synthetic, CIFAR) also hold their training split as one tensor
 (``Splits.train_memory``), and training batches are then built by batched tensor ops; file
 datasets (ImageNet) go through a DataLoader with per-sample transforms.
@@ -17,7 +17,7 @@ One module per dataset family, and :mod:`rdprune.data.splits` for what they shar
 - a module here whose factory takes keyword-only arguments, exactly the keys of its
   ``conf/dataset/<name>.yaml``, without defaults (the YAML holds the values) and without
   ``**kwargs``: a key the factory does not take is an up-front error
-  (:func:`rdprune.validation.check_keys`); keys that model configs read by interpolation
+  (:func:`rdprune.run.checks.check_keys`); keys that model configs read by interpolation
   (``channels``, ``num_classes``, ``image_size``) are arguments the factory checks;
 - the factory imported below, so that ``rdprune.data.<factory>`` is its Hydra target. A module
   is not named as its factory: the factory, imported here, would hide it

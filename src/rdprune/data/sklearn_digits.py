@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from rdprune.batches import ImageBatches
+from rdprune.data.batches import ImageBatches
 from rdprune.data.splits import Splits, TensorImages, check_classes, positive, require
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rdprune.batches import Batch, ImageBatches, mix, per_sample_batches
+from rdprune.data.batches import Batch, ImageBatches, mix, per_sample_batches
 from rdprune.errors import UserError
 
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rdprune.batches import ImageBatches
+from rdprune.data.batches import ImageBatches
 from rdprune.data.splits import Splits, TensorImages, positive, require
 
 

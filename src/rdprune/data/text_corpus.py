@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from rdprune import cache
-from rdprune.batches import mix
+from rdprune.data.batches import mix
 from rdprune.data.splits import Splits, positive, require
 from rdprune.errors import UserError
 

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from rdprune.batches import ImageBatches
+from rdprune.data.batches import ImageBatches
 from rdprune.data.splits import (
     CIFAR_MEAN,
     CIFAR_STD,

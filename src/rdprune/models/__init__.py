@@ -2,7 +2,7 @@
 
 Every factory builds from a config by keyword arguments (``_target_: rdprune.models.resnet32``)
 and takes ``num_classes`` (``in_channels`` too, except ``torchvision_model``). Modules are defined
-in forward order, so :func:`rdprune.layers.find_prunable` lists layers stem first, classifier last.
+in forward order, so :func:`rdprune.pruning.layers.find_prunable` lists layers stem first, classifier last.
 
 | factory | prunable layers | prunable weights | MACs / sample |
 |---|---|---|---|

@@ -5,7 +5,7 @@ dropout and one Linear 320 -> classes (no 1x1 head conv to 1280, unlike the Imag
 
 Faithful quirk: like the official definition, every block *defines* its 1x1 expansion conv, but a
 block with expansion 1 (only the first) never calls it. That conv is therefore not a prunable layer
-(``rdprune.layers.find_prunable`` only lists layers that run): 81 prunable layers, not 82. It is
+(``rdprune.pruning.layers.find_prunable`` only lists layers that run): 81 prunable layers, not 82. It is
 kept so that checkpoints of the official model load with the same keys.
 """
 

@@ -1,0 +1,297 @@
+"""The paper's method: per-layer (or per-block) RD curves, then the exact DP under the budget.
+
+:class:`RateDistortion` profiles a rate-distortion curve per unit (a layer, or a language model's
+decoder block) with the criterion that will prune, stores each row as soon as it is measured
+(:mod:`rdprune.methods.rd.profiling.store`), solves the multiple-choice knapsack exactly (:mod:`rdprune.methods.rd.dp`)
+and gives the budget the grid leaves unused back, so the target is met to the weight.
+:func:`rate_distortion` builds it from a method config (``conf/method/ours*.yaml``) and ``rd.*``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rdprune import cache
+from rdprune.methods.rd.distortion import check_reduction
+from rdprune.errors import UserError
+from rdprune.pruning.layers import unwrap
+from rdprune.pruning.masks import kept_count, num_pruned
+from rdprune.methods.problem import Allocation, Problem, cached_stage
+
+if TYPE_CHECKING:
+    from rdprune.methods.rd.profiling.store import CurveStore, Sink
+
+log = logging.getLogger(__name__)
+
+
+class RateDistortion:
+    """The paper's method: per-layer RD curves + exact DP under a parameter or FLOPs budget.
+
+    Args:
+        name: method name in outputs ("ours", "ours_zerodata", "ours_block").
+        calibration: "data" (the problem's calibration inputs) or "synthetic" (zero-data: as
+            many i.i.d. inputs of the same shape, drawn with ``calib_seed``: N(0, 1) images, or
+            token ids uniform over the vocabulary for a language model).
+        granularity: "layer" (one curve and one sparsity per layer, the paper) or "block" (one
+            per decoder block of a language model: its linears pruned together at the same
+            sparsity, the DP over blocks).
+        grid_points: number of grid sparsities, ``linspace(0, 1, grid_points)`` (official: 101).
+        reduction: distortion of the logits: "mean" or "worst" (max over samples).
+        batch_size: calibration samples per forward while profiling.
+        tol: allowed budget slack of the DP when costs are binned (see :func:`rdprune.methods.rd.dp.solve`).
+        calib_seed: seed of the synthetic calibration inputs.
+    """
+
+    def __init__(
+        self,
+        name: str = "ours",
+        calibration: str = "data",
+        grid_points: int = 101,
+        reduction: str = "worst",
+        batch_size: int = 256,
+        tol: float = 1e-3,
+        calib_seed: int = 0,
+        granularity: str = "layer",
+    ) -> None:
+        if isinstance(grid_points, bool) or not isinstance(grid_points, int) or grid_points < 2:
+            raise UserError(f"rd.grid_points must be an integer of at least 2, got {grid_points!r}")
+        check_reduction(reduction)
+        if calibration not in ("data", "synthetic"):
+            raise UserError(f"method.calibration must be data or synthetic, got {calibration!r}")
+        if granularity not in ("layer", "block"):
+            raise UserError(f"method.granularity must be layer or block, got {granularity!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"rd.batch_size must be a positive integer, got {batch_size!r}")
+        if not (isinstance(tol, (int, float)) and 0.0 <= tol < 1.0):
+            raise UserError(f"rd.tol must be in [0, 1), got {tol!r}")
+        self.name, self.calibration, self.grid_points = name, calibration, grid_points
+        self.reduction, self.batch_size, self.tol, self.calib_seed = (
+            reduction, batch_size, tol, calib_seed)
+        self.granularity = granularity
+
+    def check(self, layers: dict[str, nn.Module], target: float, budget: str = "params") -> None:
+        """Any target in [0, 1) is feasible: every layer may be pruned up to 100%."""
+        self.units(layers)
+
+    def units(self, layers: Mapping[str, nn.Module]) -> list[list[str]]:
+        """What gets one curve and one sparsity: each layer, or each decoder block's layers."""
+        if self.granularity == "layer":
+            return [[name] for name in layers]
+        from rdprune.models.lm import block_index
+
+        blocks: dict[int, list[str]] = {}
+        for name in layers:
+            b = block_index(name)
+            if b is None:
+                raise UserError(f"method {self.name} allocates per decoder block, but layer "
+                                f"{name} is in none (a language model's layers are): use ours")
+            blocks.setdefault(b, []).append(name)
+        return list(blocks.values())
+
+    def inputs(self, problem: Problem) -> torch.Tensor:
+        """The calibration inputs (real or synthetic), fixed for every method and run."""
+        if self.calibration == "synthetic":
+            shape = problem.calibration.shape
+            if not problem.calibration.is_floating_point():  # token ids: uniform over the vocab
+                vocab = unwrap(problem.model).hf.get_output_embeddings().weight.shape[0]
+                g = torch.Generator().manual_seed(int(self.calib_seed))
+                return torch.randint(0, vocab, tuple(shape), generator=g)
+            from rdprune.methods.rd.profiling import gaussian_inputs
+
+            return gaussian_inputs(shape[0], shape[1:], self.calib_seed)
+        return problem.calibration
+
+    def costs(self, problem: Problem, grid: np.ndarray) -> tuple[np.ndarray, float]:
+        """Cost of each (unit, grid point) and the budget, in weights or MACs."""
+        sizes = {k: m.weight.numel() for k, m in problem.layers.items()}
+        kept = {k: np.array([n - num_pruned(n, s) for s in grid], dtype=np.int64)
+                for k, n in sizes.items()}
+        units = self.units(problem.layers)
+        total = sum(sizes.values())
+        if problem.budget == "params":
+            cost = np.stack([sum(kept[k] for k in u) for u in units])
+            return cost, float(total - num_pruned(total, problem.target))
+        if problem.macs is None:
+            raise ValueError("a FLOPs budget needs the layers' MACs (Problem.macs)")
+        cost = np.stack([sum(kept[k] * (problem.macs[k] // sizes[k]) for k in u)
+                         for u in units])
+        dense = float(sum(problem.macs[k] for k in problem.layers))
+        return cost, (1.0 - problem.target) * dense
+
+    def allowed(self, problem: Problem, grid: np.ndarray) -> np.ndarray:
+        """Grid points that do not un-prune any weight (iterative pruning)."""
+        pruned = dict(zip(problem.layers, problem.pruned))
+        return np.array(
+            [[all(num_pruned(problem.layers[k].weight.numel(), s) >= pruned[k] for k in u)
+              for s in grid] for u in self.units(problem.layers)],
+            dtype=bool,
+        )
+
+    def curve_store(self, problem: Problem) -> tuple[CurveStore, np.ndarray, torch.Tensor]:
+        """The store of this problem's curve set (keyed by everything the curves depend on),
+        the grid and the calibration inputs."""
+        from rdprune.methods.rd.profiling.store import CurveStore
+
+        grid = np.linspace(0.0, 1.0, self.grid_points)
+        inputs = self.inputs(problem)
+        units = self.units(problem.layers)
+        crit = problem.criterion
+        key = cache.digest(
+            "curves", cache.state_digest(problem.model), problem.pruned, list(problem.layers),
+            units, inputs, grid, self.reduction, self.calibration, crit.name,
+            crit.norms if crit.name != "magnitude" else None,
+        )
+        root = problem.cache_dir / "curves" if problem.cache_dir is not None else None
+        return CurveStore(root, key, len(units)), grid, inputs
+
+    def measure(self, problem: Problem, grid: np.ndarray, inputs: torch.Tensor,
+                sink: Sink | None = None) -> np.ndarray:
+        """The curves of the units ``sink`` lets through (all without one)."""
+        from rdprune.methods.rd.profiling import rd_curves
+        from rdprune.methods.rd.profiling.lm import lm_curves
+
+        units = self.units(problem.layers)
+        x = inputs.to(problem.device)
+        if hasattr(unwrap(problem.model), "hf"):  # a causal LM: its blocks' fast path
+            return lm_curves(problem.model, x, grid, self.reduction, layers=problem.layers,
+                             batch_size=self.batch_size, progress=problem.progress, sink=sink,
+                             criterion=problem.criterion, groups=units)
+        if self.granularity != "layer":
+            raise UserError(f"method {self.name}: per-block curves need a language model")
+        return rd_curves(problem.model, x, grid, self.reduction, layers=problem.layers,
+                         batch_size=self.batch_size, progress=problem.progress, sink=sink,
+                         criterion=problem.criterion)
+
+    def curves(self, problem: Problem, shards: int = 1, shard: int | None = None
+               ) -> tuple[dict[str, Any] | None, np.ndarray, int]:
+        """The RD curves (``{"curves", "seconds"}``, one row per unit), measured or from the
+        cache, the grid, and how many units were measured in this process.
+
+        With a cache every unit's row is stored as soon as it is measured and a stop signal
+        ends profiling after the unit in flight (:mod:`rdprune.methods.rd.profiling.store`). With ``shard``
+        = k of ``shards``, only that shard's share of the units is measured; the curves are
+        returned (and stored) only if the set is complete afterwards, else None.
+        """
+        from rdprune.methods.rd.profiling.store import profile, shard_layers
+
+        store, grid, inputs = self.curve_store(problem)
+        if store.root is None:
+            start = time.perf_counter()
+            curves = self.measure(problem, grid, inputs)
+            return {"curves": curves, "seconds": time.perf_counter() - start}, grid, len(curves)
+        done = store.assembled()
+        if done is not None:
+            return done, grid, 0
+        if not cache.writable(store.root):
+            raise cache.ReadOnlyCacheError(
+                f"the RD curves {store.path} are not in the cache and its directory is "
+                "read-only: point paths.cache_dir (RDPRUNE_CACHE_DIR) at a writable directory")
+        wanted = None
+        if shard is not None:
+            wanted = shard_layers(self.unit_costs(problem, grid), shards, shard)
+        rows, measured = profile(store, lambda sink: self.measure(problem, grid, inputs, sink),
+                                 wanted)
+        if len(rows) < store.num_layers:
+            return None, grid, len(measured)
+        return store.assemble(rows), grid, len(measured)
+
+    def unit_costs(self, problem: Problem, grid: np.ndarray) -> list[float]:
+        """Relative cost of profiling each unit: the MACs from its first layer to the output
+        (what the fast paths re-run per grid point) x the grid points that need a forward."""
+        from rdprune.pruning.flops import layer_macs
+
+        example = problem.calibration[:1].to(problem.device)
+        macs = problem.macs or layer_macs(problem.model, example, list(problem.layers))
+        names = list(problem.layers)
+        downstream = dict(zip(names, np.cumsum([macs[k] for k in names][::-1])[::-1]))
+        costs = []
+        for unit in self.units(problem.layers):
+            points = set()
+            for k in unit:
+                w = problem.layers[k].weight.detach()
+                zeros = w.numel() - kept_count(w != 0)
+                points |= {j for j, s in enumerate(grid) if num_pruned(w.numel(), s) > zeros}
+            costs.append(float(downstream[unit[0]]) * len(points))
+        return costs
+
+    def exact(self, problem: Problem, grid: np.ndarray, choice: np.ndarray, curves: np.ndarray,
+              cost: np.ndarray, budget: float) -> dict[str, float]:
+        """Per-layer sparsities: the DP's grid points, with the budget they leave unused given
+        back, so the target is met to the weight (a coarse grid or binned costs leave up to
+        ``tol`` of it): weights are restored in the units whose curves fall most steeply one
+        grid step down (distortion saved per unit of cost), never past that step nor below what
+        earlier rounds pruned. The result is off the grid by less than one step per layer."""
+        units = self.units(problem.layers)
+        sizes = {k: m.weight.numel() for k, m in problem.layers.items()}
+        unit_cost = {k: 1 if problem.budget == "params" else problem.macs[k] // sizes[k]
+                     for k in problem.layers}
+        removed = {k: num_pruned(sizes[k], grid[c]) for u, c in zip(units, choice) for k in u}
+        floor = dict(zip(problem.layers, problem.pruned))
+        slack = budget - float(sum(cost[u, c] for u, c in enumerate(choice)))
+        slopes = []
+        for u, c in enumerate(choice):
+            step = cost[u, c - 1] - cost[u, c] if c > 0 else 0
+            if step > 0:
+                slopes.append(((curves[u, c] - curves[u, c - 1]) / step, u))
+        for _, u in sorted(slopes, reverse=True):
+            for k in units[u]:
+                room = removed[k] - max(floor[k], num_pruned(sizes[k], grid[choice[u] - 1]))
+                back = max(0, min(room, int(slack // unit_cost[k])))
+                removed[k] -= back
+                slack -= back * unit_cost[k]
+        return {k: removed[k] / sizes[k] for k in problem.layers}
+
+    def allocate(self, problem: Problem) -> Allocation:
+        from rdprune.methods.rd.dp import solve
+
+        prof, grid, measured = self.curves(problem)
+        log.info("RD curves %s (%.1fs)", f"profiled ({measured} rows here)" if measured
+                 else "loaded from cache", prof["seconds"])
+        curves = prof["curves"]
+        cost, budget = self.costs(problem, grid)
+        allowed = self.allowed(problem, grid)
+        skey = cache.digest("solve", curves, cost, budget, allowed, self.tol)
+
+        def optimise() -> dict[str, Any]:
+            start = time.perf_counter()
+            choice = solve(curves, cost, budget, allowed, tol=self.tol)
+            return {"choice": choice, "seconds": time.perf_counter() - start}
+
+        sol, _ = cached_stage(problem.cache_dir, "solve", skey, optimise)
+        choice = np.asarray(sol["choice"])
+        rows = np.arange(len(choice))
+        per_layer = self.exact(problem, grid, choice, curves, cost, budget)
+        info = {
+            "profile_seconds": prof["seconds"],
+            "solve_seconds": sol["seconds"],
+            "predicted_distortion": float(curves[rows, choice].sum()),
+            "budget_type": problem.budget,
+            "budget": budget,
+            "budget_used": float(cost[rows, choice].sum()),
+        }
+        return Allocation(problem.layers, [per_layer[k] for k in problem.layers], info,
+                          curves=curves, grid=grid)
+
+
+def rate_distortion(
+    name: str = "ours", calibration: str = "data", options: Mapping[str, Any] | None = None,
+    granularity: str = "layer",
+) -> RateDistortion:
+    """:class:`RateDistortion` from a method config: ``options`` are the top-level ``rd.*``."""
+    options = dict(options or {})
+    known = set(inspect.signature(RateDistortion).parameters) - {
+        "name", "calibration", "granularity"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UserError(f"unknown rd option(s) {', '.join(unknown)}; known: "
+                        f"{', '.join(sorted(known))}")
+    return RateDistortion(name=name, calibration=calibration, granularity=granularity,
+                          **options)
