@@ -50,8 +50,10 @@ from rdprune.pruning.statistics import input_norms
 from rdprune.methods.rd.additivity import measure, random_subsets
 from rdprune.api import make_method, prune
 from rdprune.methods.rd.distortion import joint
-from rdprune.pruning.masks import Criterion, num_pruned
-from rdprune.methods import Problem
+from rdprune.pruning.criteria import Criterion
+from rdprune.pruning.masks import num_pruned
+from rdprune.methods.problem import Problem
+from rdprune.tasks import task_of
 from rdprune.models.lm import block_index
 from rdprune.training.train import predict
 
@@ -105,7 +107,7 @@ def dp_check(env, crit: Criterion, inputs, reference, rng, perturbations: int) -
     rows = []
     for target in TARGETS:
         problem = Problem(model=model, layers=layers, target=target, budget="params",
-                          pruned=[0] * len(layers), macs=None, calibration=inputs,
+                          pruned=[0] * len(layers), macs=None, calibration=inputs, task=task_of(model),
                           cache_dir=env.cache_dir, device=env.device, progress=False,
                           criterion=crit)
         ours = make_method("ours", grid_points=21, reduction="mean", batch_size=16)

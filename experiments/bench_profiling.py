@@ -52,7 +52,7 @@ import timm
 import torch
 from torch import nn
 
-from rdprune.pruning.layers import find_prunable
+from rdprune.tasks import prunable_layers as find_prunable
 from rdprune.models import resnet32
 from rdprune.methods.rd.profiling import gaussian_inputs, rd_curves, rd_curves_naive, warm_batchnorm
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rdprune.pruning.layers import find_prunable
+from rdprune.tasks import prunable_layers as find_prunable
 from rdprune.models.lm import causal_lm
 from rdprune.methods.rd.profiling import rd_curves_naive
 from rdprune.methods.rd.profiling.lm import lm_curves

@@ -78,7 +78,7 @@ CASES = {
     "rd.shards=2 rd.shard=5": r"^rd.shard must be in \[0, 1\] \(one of rd.shards=2 shards\), "
                               "got 5$",
     "model=hf_lm": r"^model hf_lm is a language model: it needs dataset=text, got dataset=digits$",
-    "prune.criterion=snip": r"^prune.criterion must be one of magnitude, wanda, got 'snip'$",
+    "prune.criterion=snip": r"^prune.criterion must be one of magnitude, wanda, sparsegpt, got 'snip'$",
     "prune.criterion=wanda": r"^prune.criterion=wanda compares the weights of each output row of "
                              r"a linear layer; 33 of the 34 prunable layers are not linear "
                              r"\(conv1: Conv2d\): use prune.criterion=magnitude$",
@@ -97,8 +97,8 @@ CASES = {
                         "takes name, image_size, channels, ",
     "+model.bogus=1": r"^model.bogus is not a setting of model resnet32 \(rdprune.models.resnet32 "
                       r"takes num_classes, in_channels, shortcut, weights\)$",
-    "+method.bogus=1": r"^method.bogus is not a setting of method ours "
-                       r"\(rdprune.methods.rate_distortion takes name, calibration",
+    "+method.bogus=1": r"^method.bogus is not a setting of method ours \(it takes no settings; "
+                       r"the RD options are rd.\*\)$",
 }
 
 

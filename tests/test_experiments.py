@@ -10,7 +10,7 @@ from conftest import CONF, compose_config
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from rdprune.run.spec import is_rd, targets
+from rdprune.run.spec import profiles, targets
 from rdprune.run.pipeline import run, setup
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -47,7 +47,7 @@ def shrink(cfg) -> list[str]:
         out.append("model.name=resnet18")
     if cfg.schedule.name == "iterative":
         out.append("recipe.rounds=2")
-    if is_rd(cfg):
+    if profiles(cfg):
         out.append("rd.grid_points=3")
     if cfg.finetune.name == "admm":
         out += ["finetune.admm.iters=1", "finetune.admm.steps_per_iter=2"]

@@ -13,8 +13,9 @@ from torch import nn
 
 from rdprune.pruning.statistics import input_norms
 from rdprune.data.text_corpus import TextSplits, TokenWindows, stdlib_texts, text
-from rdprune.pruning.layers import find_prunable
-from rdprune.pruning.masks import Criterion, num_pruned, wanda_mask_count
+from rdprune.tasks import prunable_layers as find_prunable
+from rdprune.pruning.criteria import Criterion
+from rdprune.pruning.masks import num_pruned, wanda_mask_count
 from rdprune.models.lm import CausalLM, causal_lm
 from rdprune.methods.rd.profiling import rd_curves_naive
 from rdprune.methods.rd.profiling.lm import lm_curves
@@ -147,7 +148,8 @@ def test_stdlib_corpus_splits_by_file_deterministically():
 def text_data(tmp_path, **kw) -> TextSplits:
     args = dict(name="text", corpus="stdlib", tokenizer="byte", vocab_size=257, seq_len=32,
                 calib_size=4, calib_len=24, calib_seed=0, calib_corpus=None, eval_tokens=4096,
-                split_seed=0, cache_dir=str(tmp_path), num_workers=0, eval_batch_size=8)
+                split_seed=0, cache_dir=str(tmp_path), num_workers=0, eval_batch_size=8,
+                hub_model=None)
     return text(**{**args, **kw})
 
 
@@ -188,8 +190,12 @@ def test_bad_text_settings_are_one_line_errors(tmp_path):
 
     with pytest.raises(UserError, match="dataset.corpus must be"):
         text_data(tmp_path, corpus="books")
-    with pytest.raises(UserError, match="set dataset.vocab_size=257"):
-        text_data(tmp_path, vocab_size=300)
+    # every later use of the token streams is checked when the data is built, before training
+    with pytest.raises(UserError, match=r"the validation split has .* tokens \(dataset.eval_tokens=16"
+                                        r"\), fewer than one window of dataset.seq_len=32"):
+        text_data(tmp_path, eval_tokens=16)
+    with pytest.raises(UserError, match="dataset.calib_len=48 exceeds dataset.seq_len=32"):
+        text_data(tmp_path, calib_len=48)
 
 
 # ------------------------------------------------------------------------------- fast path

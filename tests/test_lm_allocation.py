@@ -14,16 +14,21 @@ import torch
 
 from rdprune.errors import UserError
 from rdprune.methods.llm_baselines import (
-    LM_BASELINES,
     alpha_pruning,
     atp,
     atp_beta_grid,
-    blocks_of,
+    dlp,
     esd_alpha,
     owl,
     owl_outlier_ratio,
 )
+from rdprune.methods.registry import methods
 from rdprune.pruning.masks import num_pruned
+from rdprune.tasks.causal_lm import CausalLanguageModel
+
+#: the block-wise LLM methods, as the registry declares them
+LM_BASELINES = {n: e.fn for n, e in methods().items() if e.family == "llm"}
+blocks_of = CausalLanguageModel().blocks
 
 LLAMA_BLOCK = [(16, 16)] * 4 + [(40, 16), (40, 16), (16, 40)]  # q k v o gate up down
 LLAMA = ([s for _ in range(4) for s in LLAMA_BLOCK], [b for b in range(4) for _ in range(7)])
@@ -412,12 +417,13 @@ def test_alpha_pruning_computes_alphas_and_handles_ties():
 
 HYPER = {
     "owl": lambda scores, s: {"scores": scores},
+    "dlp": lambda scores, s: {"scores": scores},
     "atp": lambda scores, s: {"beta": 0.02 * s},  # S = 0 admits beta = 0 only
     "alpha_pruning": lambda scores, s: {"alphas": [2.0 + i % 5 for i in range(len(scores))]},
 }
 
 
-@pytest.mark.parametrize("name", ["owl", "atp", "alpha_pruning"])
+@pytest.mark.parametrize("name", ["owl", "dlp", "atp", "alpha_pruning"])
 @pytest.mark.parametrize("s", [0.0, 0.5])
 def test_registry_shares_one_signature(name, s):
     assert set(LM_BASELINES) == set(HYPER)

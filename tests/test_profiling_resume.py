@@ -15,7 +15,9 @@ from torch import nn
 
 from rdprune.cache import ReadOnlyCacheError
 from rdprune.pruning.layers import find_prunable
-from rdprune.methods import Problem, RateDistortion
+from rdprune.methods.problem import Problem
+from rdprune.tasks import task_of
+from rdprune.methods.rd.rate_distortion import RateDistortion
 from rdprune.methods.rd.profiling import store as store_module
 from rdprune.methods.rd.profiling.store import CurveStore, shard_layers
 
@@ -44,7 +46,8 @@ def problem(cache_dir) -> Problem:
     x = torch.randn(12, 1, 4, 4, generator=torch.Generator().manual_seed(1))
     layers = find_prunable(model, x[:1])
     return Problem(model=model, layers=layers, target=0.5, budget="params", pruned=[0] * L,
-                   macs=None, calibration=x, cache_dir=cache_dir, progress=False)
+                   macs=None, calibration=x, task=task_of(model), cache_dir=cache_dir,
+                   progress=False)
 
 
 METHOD = RateDistortion(grid_points=11, reduction="worst")

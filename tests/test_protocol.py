@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from rdprune.methods.registry import info
 from rdprune.report import protocol
 
 from rdprune.report import protocol_check
@@ -74,7 +75,7 @@ def test_cifar_experiment_is_the_official_recipe(composed, name):
     assert (cfg.recipe.finetune_steps, cfg.recipe.finetune_schedule) == (ft_steps, "constant")
     assert (cfg.recipe.batch_size, cfg.recipe.prune_amount, cfg.recipe.rounds) == (100, 0.2, 20)
     assert cfg.dataset.calib_size == 1024 and cfg.dataset.augment is True
-    assert (cfg.method.name, cfg.method.calibration) == ("ours", "data")
+    assert (cfg.method.name, info(cfg.method.name).settings["calibration"]) == ("ours", "data")
     assert (cfg.rd.grid_points, cfg.rd.reduction) == (101, "worst")
 
 
@@ -95,7 +96,8 @@ def test_imagenet_experiment_is_the_official_recipe(composed, name):
     assert (cfg.dataset.train_transform, cfg.dataset.interpolation) == ("official", "bicubic")
     assert (cfg.dataset.resize, cfg.dataset.image_size) == (256, 224)
     method = "ours_zerodata" if calibration == "synthetic" else "ours"
-    assert (cfg.method.name, cfg.method.calibration) == (method, calibration)
+    assert (cfg.method.name, info(cfg.method.name).settings["calibration"]) == (method,
+                                                                               calibration)
     assert (cfg.rd.grid_points, cfg.rd.reduction) == (101, "worst")
 
 

@@ -78,7 +78,9 @@ def test_the_allocation_itself_never_unprunes():
     import numpy as np
 
     from rdprune.pruning.masks import num_pruned
-    from rdprune.methods import Problem, RateDistortion
+    from rdprune.methods.problem import Problem
+    from rdprune.tasks import task_of
+    from rdprune.methods.rd.rate_distortion import RateDistortion
     from rdprune.models import resnet32
 
     torch.manual_seed(0)
@@ -92,14 +94,15 @@ def test_the_allocation_itself_never_unprunes():
         pruned[i] = num_pruned(list(layers.values())[i].weight.numel(), s)
     method = RateDistortion(grid_points=21)
     problem = Problem(model=model, layers=layers, target=0.3, budget="params", pruned=pruned,
-                      macs={k: 1 for k in layers}, calibration=calib, progress=False)
+                      macs={k: 1 for k in layers}, calibration=calib, task=task_of(model),
+                      progress=False)
     out = method.allocate(problem)
     counts = [num_pruned(m.weight.numel(), s) for m, s in zip(layers.values(), out.values())]
     assert all(c >= p for c, p in zip(counts, pruned)), (counts, pruned)
     # and the constraint binds: without it the DP prunes less there
     free = method.allocate(Problem(model=model, layers=layers, target=0.3, budget="params",
                                    pruned=[0] * len(layers), macs={k: 1 for k in layers},
-                                   calibration=calib, progress=False))
+                                   calibration=calib, task=task_of(model), progress=False))
     free_counts = [num_pruned(m.weight.numel(), s) for m, s in zip(layers.values(), free.values())]
     assert np.any(np.array(free_counts) < np.array(pruned))
 

@@ -7,14 +7,18 @@
     masks = rdprune.prune(model, sparsities)            # zeros the weights, returns the masks
     rdprune.finetune(model, masks, loader, steps=500)   # optional; pruned weights stay zero
 
-These are the functions ``run.py``'s pipeline runs (:mod:`rdprune.run.pipeline` calls them with the
-method built from ``conf/method``), not a second implementation. Units: *sparsity* is the fraction
-of weights removed, in [0, 1); ``flops_kept`` is the fraction of the dense conv/linear MACs kept.
+These are the functions ``run.py``'s pipeline runs, not a second implementation: the method comes
+from the registry (:mod:`rdprune.methods.registry`), the problem from the one builder
+(:func:`~rdprune.methods.problem.build_problem`), and everything that depends on the kind of model
+from its task (:mod:`rdprune.tasks`: a ``transformers`` causal LM is wrapped, its layers named
+as in the model). Units: *sparsity* is the fraction of weights removed, in [0, 1); ``flops_kept``
+is the fraction of the dense conv/linear MACs kept.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,54 +27,35 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from rdprune.pruning.statistics import input_norms
-from rdprune.methods.baselines import BASELINES
 from rdprune.errors import UserError, UserTypeError, one_line
+from rdprune.methods.problem import Allocation, build_problem, check_target
+from rdprune.methods.registry import method as build_method
+from rdprune.pruning.criteria import CRITERIA, Criterion, measure
 from rdprune.pruning.flops import layer_macs
-from rdprune.pruning.layers import find_prunable, is_prunable, unwrap
-from rdprune.pruning.masks import (
-    CRITERIA,
-    Criterion,
-    apply_masks,
-    check_criterion,
-    check_masks,
-    kept_count,
-    num_pruned,
-)
-from rdprune.methods.llm_baselines import LM_BASELINES
-from rdprune.methods import Allocation, Baseline, LMBaseline, Problem, rate_distortion
-from rdprune.models.lm import CausalLM
+from rdprune.pruning.layers import is_prunable, unprunable_weights, unwrap
+from rdprune.tasks import Task, adapt
 
-#: the paper's method and its variants (``ours_zerodata``: curves on synthetic inputs;
-#: ``ours_block``: one curve per decoder block of a language model)
-RD_METHODS = {"ours": ("data", "layer"), "ours_zerodata": ("synthetic", "layer"),
-              "ours_block": ("data", "block")}
-#: method names :func:`allocate` accepts (the last three: language models only)
-METHODS = (*RD_METHODS, *BASELINES, *LM_BASELINES)
+log = logging.getLogger(__name__)
+
+__all__ = ["allocate", "calibration_tensor", "check_target", "finetune", "make_method", "prune"]
 
 
 def make_method(method: str | Any, **options: Any) -> Any:
-    """A method object by name (``options``: the RD options of ``ours*``, the hyperparameters
-    of ``owl`` / ``atp`` / ``alpha_pruning``), or ``method`` itself.
+    """A method object by name (``options``: the ``rd.*`` options of ``ours*``, the
+    hyperparameters of the others), or ``method`` itself.
 
     Raises:
-        UserError: unknown name, or options given to a method that has none.
+        UserError: unknown name, or options the method does not take.
     """
     if not isinstance(method, str):
         if options:
             raise UserError("options are for a method given by name; configure the object itself")
         return method
-    if method in RD_METHODS:
-        calibration, granularity = RD_METHODS[method]
-        return rate_distortion(name=method, calibration=calibration, options=options,
-                               granularity=granularity)
-    if method in LM_BASELINES:
-        return LMBaseline(method, **options)
-    if method in BASELINES:
-        if options:
-            raise UserError(f"method {method} takes no options, got {', '.join(sorted(options))}")
-        return Baseline(method)
-    raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    from rdprune.methods.registry import info
+
+    if info(method).profiles:
+        return build_method(method, options=options)
+    return build_method(method, **options)
 
 
 def calibration_tensor(calib: torch.Tensor | Iterable[Any]) -> torch.Tensor:
@@ -90,63 +75,32 @@ def calibration_tensor(calib: torch.Tensor | Iterable[Any]) -> torch.Tensor:
         if not batches or not all(isinstance(b, torch.Tensor) for b in batches):
             raise UserError("calib yields no tensor batches")
         x = torch.cat(batches)
-    tokens = x.dtype in (torch.int64, torch.int32) and x.dim() == 2  # a language model's ids
-    if x.dim() < 2 or x.shape[0] == 0 or not (x.is_floating_point() or tokens):
-        raise UserError(f"calib must be a non-empty float batch [N, ...] or token ids [N, T], "
-                        f"got a {x.dtype} tensor of shape {tuple(x.shape)}")
     return x
-
-
-def adapted(model: nn.Module) -> tuple[nn.Module, str]:
-    """``model`` as the pipeline runs it, and the prefix its layer names get there: a
-    ``transformers`` causal LM is wrapped (token ids -> logits, :class:`CausalLM`), names under
-    ``hf.``; anything else is itself."""
-    if type(model).__module__.startswith("transformers.") and hasattr(
-            model, "get_output_embeddings"):
-        return CausalLM(model), "hf."
-    return model, ""
-
-
-def criterion_for(name: str, model: nn.Module, layers: Mapping[str, nn.Module],
-                  calib: torch.Tensor | None) -> Criterion:
-    """The within-layer criterion ``name``; ``wanda`` measures its input norms on ``calib``."""
-    if name not in CRITERIA:
-        raise UserError(f"criterion must be one of {', '.join(CRITERIA)}, got {name!r}")
-    if name == "magnitude":
-        return Criterion()
-    if calib is None:
-        raise UserError("criterion=wanda needs calibration inputs: pass calib=...")
-    check_criterion(name, layers)
-    return Criterion("wanda", input_norms(model, layers, calib, device=_device(model)))
-
-
-def prunable_layers(model: nn.Module, example: torch.Tensor) -> dict[str, nn.Module]:
-    """The model's prunable layers, or a one-line error (no layer, or input the model rejects)."""
-    try:
-        layers = find_prunable(model, example)
-    except Exception as e:  # noqa: BLE001 - the model's own error, reported in one line
-        raise UserError(f"{type(unwrap(model)).__name__} rejects an input of shape "
-                        f"{tuple(example.shape)} ({one_line(e)})") from None
-    if not layers:
-        raise UserError(f"{type(unwrap(model)).__name__} has no Conv2d or Linear layer to prune")
-    return layers
 
 
 def _device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
-def check_target(layers: Mapping[str, nn.Module], sparsity: float) -> None:
-    """A sparsity target must be in [0, 1) and keep at least one weight."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or \
-            not 0.0 <= sparsity < 1.0:
-        raise UserError("sparsity must be in [0, 1) (fraction of weights removed), got "
-                        f"{sparsity!r}")
-    total = sum(m.weight.numel() for m in layers.values())
-    if num_pruned(total, sparsity) >= total:
-        largest = 1.0 - 1.0 / total
-        raise UserError(f"sparsity {sparsity} removes all {total:,} prunable weights; the largest "
-                        f"target that keeps one is {largest!r}")
+def _layers(model: nn.Module, task: Task, example: torch.Tensor) -> dict[str, nn.Module]:
+    """The model's prunable layers, or a one-line error (no layer, or input the model rejects);
+    warns with the count of weights they leave dense."""
+    try:
+        layers = task.prunable(model, example)
+    except Exception as e:  # noqa: BLE001 - the model's own error, reported in one line
+        raise UserError(f"{type(unwrap(model)).__name__} rejects an input of shape "
+                        f"{tuple(example.shape)} ({one_line(e)})") from None
+    if not layers:
+        raise UserError(f"{type(unwrap(model)).__name__} has no Conv2d or Linear layer to prune")
+    fused = [n for n, m in unwrap(model).named_modules() if isinstance(m, nn.MultiheadAttention)]
+    if fused:
+        outside = unprunable_weights(model, layers)
+        dense = sum(v for k, v in outside.items() if k.startswith(tuple(f + "." for f in fused)))
+        log.warning("%d nn.MultiheadAttention modules keep their %s weights dense (fused "
+                    "attention is not a prunable layer): call "
+                    "rdprune.models.unfuse_attention(model) first to prune them too",
+                    len(fused), f"{dense:,}")
+    return layers
 
 
 def allocate(
@@ -169,26 +123,27 @@ def allocate(
         model: the network (on its device; eval mode is used and restored), or a
             ``transformers`` causal LM (``calib``: token ids; its decoder blocks' linears).
         calib: calibration inputs: a tensor ``[N, ...]`` or a DataLoader (see
-            :func:`calibration_tensor`); used by ``ours`` only, but always checked to run.
+            :func:`calibration_tensor`); always checked to run.
         sparsity: global fraction of prunable weights removed, in [0, 1).
-        method: ``"ours"``, ``"ours_zerodata"``, a baseline (``"uniform"``, ``"uniform_plus"``,
-            ``"global_magnitude"``, ``"lamp"``, ``"erk"``), for a language model also
-            ``"ours_block"``, ``"owl"``, ``"atp"`` (give ``beta=``), ``"alpha_pruning"``; or a
-            method object.
+        method: a name of :mod:`rdprune.methods.registry` (``"ours"``, ``"ours_zerodata"``,
+            ``"lamp"``, ``"global_magnitude"``, ``"erk"``, ``"uniform"``, ``"uniform_plus"``;
+            for a language model also ``"ours_block"``, ``"owl"``, ``"dlp"``, ``"atp"`` (give
+            ``beta=``), ``"alpha_pruning"``, ``"evopress"``), or a method object.
         flops_kept: instead of ``sparsity``: the fraction of the dense conv/linear MACs kept, in
             (0, 1] (``ours`` only: the DP solves under a MACs budget).
         masks: masks already applied (iterative pruning): no layer loses fewer weights.
         layers: the prunable layers ``{name: module}`` (default: every Conv2d / Linear that runs).
         cache_dir: cache RD curves and DP solutions there (content-hashed), as the pipeline does.
         progress: show progress bars.
-        criterion: which weights of a layer go (``magnitude`` or ``wanda``): ``ours`` measures
-            its curves with it (pass the same to :func:`prune`).
-        **options: options of ``ours``: ``grid_points``, ``reduction``, ``batch_size``, ``tol``,
-            ``calib_seed`` (see :class:`rdprune.methods.rd.rate_distortion.RateDistortion`).
+        criterion: which weights of a layer go (``magnitude``, ``wanda`` or ``sparsegpt``):
+            ``ours`` measures its curves with it (pass the same to :func:`prune`).
+        **options: the method's options: ``grid_points``, ``reduction``, ``batch_size``, ``tol``,
+            ``calib_seed``, ``estimator`` of ``ours`` (see
+            :class:`rdprune.methods.rd.RateDistortion`); the hyperparameters of the others.
 
     Returns:
-        ``{layer name: sparsity}`` in model order (an :class:`~rdprune.methods.Allocation`, which
-        also carries ``info``, and for ``ours`` the ``curves`` and ``grid``).
+        ``{layer name: sparsity}`` in model order (an :class:`~rdprune.methods.problem.Allocation`,
+        which also carries ``info``, and for ``ours`` the ``curves`` and ``grid``).
 
     Raises:
         UserError: a bad target, method or option, a model without prunable layers, or a
@@ -196,14 +151,14 @@ def allocate(
     """
     solver = make_method(method, **options)
     x = calibration_tensor(calib)
-    model, prefix = adapted(model)
+    model, prefix, task = adapt(model)
+    task.check_calibration(x)
     device = _device(model)
     example = x[:1].to(device)
     if layers is None:
-        layers = prunable_layers(model, example)
+        layers = _layers(model, task, example)
     else:
         layers = {prefix + k: v for k, v in layers.items()}
-    layers = dict(layers)
     if (sparsity is None) == (flops_kept is None):
         raise UserError("give exactly one target: sparsity=... or flops_kept=...")
     if flops_kept is None:
@@ -214,18 +169,14 @@ def allocate(
                 not 0.0 < flops_kept <= 1.0:
             raise UserError(f"flops_kept must be in (0, 1], got {flops_kept!r}")
         budget, target = "flops", 1.0 - float(flops_kept)
-    solver.check(layers, target, budget)
-    pruned = [0] * len(layers) if masks is None else [
-        masks[name[len(prefix):]].numel() - kept_count(masks[name[len(prefix):]])
-        for name in layers]
-    # counting MACs runs the model once more: only a FLOPs budget needs them
-    macs = layer_macs(model, example, list(layers)) if budget == "flops" else None
-    problem = Problem(
-        model=model, layers=layers, target=target, budget=budget, pruned=pruned,
-        macs=macs, calibration=x,
-        cache_dir=Path(cache_dir).expanduser() if cache_dir is not None else None,
-        device=device, progress=progress, criterion=criterion_for(criterion, model, layers, x),
-    )
+    solver.check(layers, target, budget, task)
+    problem = build_problem(
+        model, layers, target, budget, calibration=x, task=task,
+        criterion=measure(criterion, model, layers, x, device=device),
+        masks=None if masks is None else {prefix + k: v for k, v in masks.items()},
+        # counting MACs runs the model once more: only a FLOPs budget needs them
+        macs=layer_macs(model, task.mac_sample(example), list(layers)) if budget == "flops"
+        else None, cache_dir=cache_dir, device=device, progress=progress)
     alloc = solver.allocate(problem)
     return Allocation([k[len(prefix):] for k in alloc], alloc.values(), alloc.info,
                       curves=alloc.curves, grid=alloc.grid)
@@ -238,6 +189,7 @@ def prune(
     *,
     criterion: str | Criterion = "magnitude",
     calib: torch.Tensor | Iterable[Any] | None = None,
+    sequential: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Remove each layer's weights by ``criterion``, in place; returns the masks.
 
@@ -247,47 +199,54 @@ def prune(
         sparsities: ``{layer name: fraction of its weights removed}`` (e.g. :func:`allocate`'s).
         masks: masks already applied: weights removed before stay removed.
         criterion: ``magnitude`` (smallest ``|w|`` of the layer), ``wanda`` (smallest
-            ``|w| * ||x||`` per output row; needs ``calib``), or a :class:`Criterion`.
-        calib: calibration inputs for ``wanda``'s input norms.
+            ``|w| * ||x||`` per output row), ``sparsegpt`` (OBS choice and reconstruction of the
+            other weights); the last two need ``calib``. Or a
+            :class:`~rdprune.pruning.criteria.Criterion` with its statistics.
+        calib: calibration inputs of the data criteria.
+        sequential: a language model is pruned block by block, each block's statistics taken
+            from the outputs of the blocks already pruned (the published protocol of Wanda and
+            SparseGPT); False: every layer's statistics from the model as given.
 
     Returns:
         ``{layer name: bool mask}`` (True = kept), on the weights' device.
     """
-    base = unwrap(model)
+    wrapped, prefix, task = adapt(unwrap(model))
     layers = {}
     for name in sparsities:
         try:
-            layers[name] = base.get_submodule(name)
+            layers[prefix + name] = wrapped.get_submodule(prefix + name)
         except AttributeError:
             raise UserError(f"the model has no layer {name!r}") from None
-        if not is_prunable(layers[name]):
-            raise UserTypeError(f"layer {name!r} is a {type(layers[name]).__name__}, not a "
-                                "Conv2d / Linear")
-    if not isinstance(criterion, Criterion):
-        wrapped, prefix = adapted(base)
-        inner = {prefix + k: m for k, m in layers.items()}
-        x = calibration_tensor(calib) if calib is not None else None
-        found = criterion_for(criterion, wrapped, inner, x)
-        norms = found.norms and {k[len(prefix):]: v for k, v in found.norms.items()}
-        criterion = Criterion(found.name, norms)
-    new = criterion.masks(layers, [float(s) for s in sparsities.values()])
-    if masks is not None:
-        new = {k: v & masks[k].to(v.device) for k, v in new.items()}
-    apply_masks(layers, new)
-    check_masks(layers, new, "after pruning")
-    return new
+        if not is_prunable(layers[prefix + name]):
+            raise UserTypeError(f"layer {name!r} is a {type(layers[prefix + name]).__name__}, "
+                                "not a Conv2d / Linear")
+    x = calibration_tensor(calib) if calib is not None else None
+    if x is not None:
+        task.check_calibration(x)
+    if isinstance(criterion, Criterion):
+        crit: Criterion | str = Criterion(criterion.name, None if criterion.stats is None else
+                                          {prefix + k: v for k, v in criterion.stats.items()})
+    elif criterion not in CRITERIA:
+        raise UserError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+    else:
+        crit = criterion
+    new = task.prune(wrapped, layers, {prefix + k: float(s) for k, s in sparsities.items()},
+                     crit, x, None if masks is None else
+                     {prefix + k: v for k, v in masks.items()}, sequential=sequential)
+    return {k[len(prefix):]: v for k, v in new.items()}
 
 
 class LoaderData:
     """A DataLoader (or any re-iterable of ``(inputs, labels)`` batches) as training data.
 
-    :func:`rdprune.training.train.fit` asks its data for the batches of steps ``start .. stop-1``; a
-    loader is cycled, epoch after epoch, in its own order (so resuming is exact only if the
-    loader's order is deterministic).
+    :func:`rdprune.training.train.fit` asks its data for the batches of steps ``start .. stop-1``;
+    a loader is cycled, epoch after epoch, in its own order (so resuming is exact only if the
+    loader's order is deterministic). The loss is the classification cross-entropy (a language
+    model's batches: ``(ids, ids)``, the next-token cross-entropy).
     """
 
-    def __init__(self, loader: Iterable[Any]) -> None:
-        self.loader = loader
+    def __init__(self, loader: Iterable[Any], loss: Callable[..., torch.Tensor]) -> None:
+        self.loader, self.loss = loader, loss
         self.train = getattr(loader, "dataset", None) or list(range(len(loader)))
 
     def train_batches(self, batch_size: int, seed: int, start: int, stop: int,
@@ -345,14 +304,18 @@ def finetune(
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise UserError(f"steps must be a non-negative integer, got {steps!r}")
-    source = data if isinstance(data, Splits) else LoaderData(data)
+    wrapped, prefix, task = adapt(unwrap(model))
+    if isinstance(data, Splits):
+        source = data
+    else:
+        source = LoaderData(data, task.loss)
     batch_size = batch_size or getattr(data, "batch_size", None)
     if not batch_size:
         raise UserError("give batch_size= (the data has none)")
     return fit(
-        model, source, steps=steps, batch_size=batch_size,
+        wrapped, source, steps=steps, batch_size=batch_size,
         optimizer=optimizer or functools.partial(torch.optim.AdamW, lr=3e-4, weight_decay=0.01),
         scheduler=functools.partial(lr_schedule, kind=schedule, steps=steps), seed=seed,
-        device=_device(model), masks=dict(masks), checkpoint=checkpoint, precision=precision,
-        desc="fine-tune", progress=progress,
+        device=_device(wrapped), masks={prefix + k: v for k, v in masks.items()},
+        checkpoint=checkpoint, precision=precision, desc="fine-tune", progress=progress,
     )

@@ -33,7 +33,11 @@ class Splits:
         eval_batch_size: batch size for evaluation and calibration forwards.
         train_memory: ``train`` held in memory as one tensor with the same augmentation, which
             then builds the training batches; None: ``train`` through a DataLoader.
+        task: the task its samples serve (:mod:`rdprune.tasks`).
+        fingerprint: digest of data read from outside the config (a text corpus), else None.
     """
+
+    task = "image_classification"
 
     name: str
     train: Dataset
@@ -45,6 +49,7 @@ class Splits:
     num_workers: int = 0
     eval_batch_size: int = 256
     train_memory: ImageBatches | None = None
+    fingerprint: str | None = None
     _calibration: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def calibration_indices(self) -> list[int]:
@@ -67,6 +72,10 @@ class Splits:
             loader = self.loader(torch.utils.data.Subset(self.train_eval, idx))
             self._calibration = torch.cat([x for x, _ in loader])
         return self._calibration
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss: cross-entropy of the class logits."""
+        return torch.nn.functional.cross_entropy(logits, y)
 
     def loader(self, dataset: Dataset, batch_size: int | None = None) -> DataLoader:
         """An ordered evaluation loader over ``dataset``."""

@@ -161,8 +161,11 @@ class TextSplits(Splits):
         calib_seed: seed of the calibration windows' offsets.
         vocab_size: the tokenizer's vocabulary size (the model's output size).
         fingerprint: digest of the corpus texts and the tokenizer.
+        tokenizer: the tokenizer (exported with a pruned model), None for ``byte``.
+        tokenizer_name: ``bpe``, ``byte`` or the hub tokenizer's name.
     """
 
+    task = "causal_lm"
     tokens: dict[str, torch.Tensor]
     validation: Dataset
     calib_windows: torch.Tensor | None
@@ -171,6 +174,8 @@ class TextSplits(Splits):
     calib_seed: int
     vocab_size: int
     fingerprint: str
+    tokenizer: Any = None
+    tokenizer_name: str = "bpe"
     _windows: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def calibration(self) -> torch.Tensor:
@@ -230,6 +235,19 @@ class TextSplits(Splits):
                 "top1": 100.0 * hits / count}
 
 
+def hub_tokenizer(name: str) -> Any:
+    """A Hugging Face tokenizer by name or directory (one line if it cannot be had here)."""
+    from transformers import AutoTokenizer
+
+    from rdprune.models.hf_hub import load_error, locate
+
+    where, local = locate(name, "dataset.tokenizer", "tokenizer_config.json")
+    try:
+        return AutoTokenizer.from_pretrained(where, local_files_only=local)
+    except (OSError, ValueError) as e:
+        raise load_error(name, "dataset.tokenizer", e) from None
+
+
 def document_crops(texts: list[str], tokenizer: Any, n: int, length: int, seed: int
                    ) -> torch.Tensor:
     """``[n, length]``: crops of random documents longer than ``length`` tokens, as Wanda draws
@@ -254,15 +272,17 @@ def document_crops(texts: list[str], tokenizer: Any, n: int, length: int, seed: 
 def text(
     *, name: str, corpus: str, tokenizer: str, vocab_size: int, seq_len: int, calib_size: int,
     calib_len: int, calib_seed: int, calib_corpus: str | None, eval_tokens: int, split_seed: int,
-    cache_dir: str, num_workers: int, eval_batch_size: int,
+    cache_dir: str, num_workers: int, eval_batch_size: int, hub_model: str | None,
 ) -> TextSplits:
     """A text corpus as token windows for a causal LM (see the module docstring).
 
     Args:
         name: the dataset name ("text").
         corpus: ``stdlib``, ``wikitext2`` or ``c4``.
-        tokenizer: ``bpe``, ``byte`` or a Hugging Face tokenizer name.
-        vocab_size: entries of the ``bpe`` tokenizer (others: their own size).
+        tokenizer: ``auto`` (``hub_model``'s own tokenizer, else ``bpe``), ``bpe``, ``byte`` or
+            a Hugging Face tokenizer name (or local directory).
+        vocab_size: entries of the ``bpe`` tokenizer trained here (the others have their own
+            size; this key is read by ``bpe`` only).
         seq_len: context length of training and evaluation windows.
         calib_size: calibration windows.
         calib_len: tokens per calibration window.
@@ -274,7 +294,11 @@ def text(
         cache_dir: where the trained tokenizer and the token streams are kept.
         num_workers: DataLoader workers (evaluation).
         eval_batch_size: windows per evaluation forward.
+        hub_model: the hub model the data is for (``model.name``), whose tokenizer ``auto``
+            means; None for a model built here.
     """
+    if tokenizer == "auto":
+        tokenizer = hub_model or "bpe"
     require("corpus", corpus, CORPORA)
     if calib_corpus is not None:
         require("calib_corpus", calib_corpus, CORPORA)
@@ -297,20 +321,8 @@ def text(
         tok = bpe_tokenizer(texts["train"], vocab_size, path)
         eot, size, tok_id = tok.token_to_id(EOT), tok.get_vocab_size(), f"bpe{vocab_size}"
     else:
-        from transformers import AutoTokenizer
-
-        try:
-            tok = AutoTokenizer.from_pretrained(tokenizer)
-        except OSError as e:
-            raise UserError(f"dataset.tokenizer={tokenizer}: not a known tokenizer and not "
-                            f"downloadable here ({str(e).splitlines()[0][:120]})") from None
+        tok = hub_tokenizer(tokenizer)
         eot, size, tok_id = None, len(tok), tokenizer
-    if tokenizer not in ("byte", "bpe") and vocab_size != size:
-        raise UserError(f"dataset.vocab_size={vocab_size} but the tokenizer {tokenizer} has {size} "
-                        f"tokens: set dataset.vocab_size={size}")
-    if tokenizer == "byte" and vocab_size != size:
-        raise UserError(f"dataset.vocab_size={vocab_size} but the byte tokenizer has {size} "
-                        f"tokens: set dataset.vocab_size={size}")
     fingerprint = cache.digest(digest, tok_id, calib_corpus)[:16]
     streams, _ = cache.cached(root / f"tokens-{fingerprint}.pt",
                               lambda: {s: encode(tok, texts[s], eot) for s in SPLITS})
@@ -322,6 +334,18 @@ def text(
                                    else stdlib_texts(split_seed)["train"], tok, calib_size,
                                    calib_len, calib_seed))
     capped = {s: streams[s][:eval_tokens] for s in ("validation", "test")}
+    # every later use of the streams checked now, before a model trains on them
+    for split, stream in (("train", streams["train"]), *capped.items()):
+        if len(stream) < seq_len + (split == "train"):
+            limit = "" if split == "train" else f" (dataset.eval_tokens={eval_tokens})"
+            raise UserError(f"the {split} split has {len(stream):,} tokens{limit}, fewer than "
+                            f"one window of dataset.seq_len={seq_len}")
+    if calib_len > seq_len:
+        raise UserError(f"dataset.calib_len={calib_len} exceeds dataset.seq_len={seq_len}, the "
+                        "model's context here")
+    if crops is None and len(streams["train"]) <= calib_len:
+        raise UserError(f"dataset.calib_len={calib_len} exceeds the training split "
+                        f"({len(streams['train']):,} tokens)")
     return TextSplits(
         name=name, train=TokenWindows(streams["train"], seq_len),
         train_eval=TokenWindows(streams["train"], seq_len),
@@ -331,4 +355,5 @@ def text(
         num_workers=num_workers, eval_batch_size=eval_batch_size, tokens=streams,
         seq_len=seq_len, calib_len=calib_len, calib_seed=calib_seed, vocab_size=size,
         fingerprint=fingerprint, calib_windows=crops,
+        tokenizer=None if isinstance(tok, ByteTokenizer) else tok, tokenizer_name=tokenizer,
     )

@@ -1,120 +1,134 @@
-"""Pruning methods as the pipeline sees them: ``allocate(problem) -> Allocation``.
+"""The method objects of the ``baseline``, ``llm`` and ``fixed`` families: ``check`` a target up
+front, ``allocate(problem) -> Allocation``.
 
-A method turns the current model and a global target into per-layer sparsities
-(:mod:`rdprune.methods.problem`). :class:`Baseline` wraps the pure functions of :mod:`rdprune.methods.baselines`
-(CNN baselines), :class:`LMBaseline` those of :mod:`rdprune.methods.llm_baselines` (OWL, ATP,
-AlphaPruning), :class:`Fixed` takes them from the config, and :class:`RateDistortion` is the paper's
-method (:mod:`rdprune.methods.rd.rate_distortion`). All are built by Hydra from ``conf/method/``. Which weights
-go is decided by the criterion (:mod:`rdprune.pruning.masks`), so methods differ only in how many per layer.
+:class:`Baseline` wraps a pure function of the weights (:mod:`rdprune.methods.baselines`),
+:class:`LMBaseline` one of the block-wise LLM methods (:mod:`rdprune.methods.llm_baselines`, fed
+the Wanda metric where the method reads it), :class:`Fixed` takes the sparsities from the config.
+The registry (:mod:`rdprune.methods.registry`) builds them. Which weights go is the criterion's
+business (:mod:`rdprune.pruning.criteria`): methods differ only in how many per layer.
 """
 
 from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from rdprune.methods.baselines import get_baseline
 from rdprune.errors import UserError
-from rdprune.pruning.layers import layer_weights
-from rdprune.pruning.masks import num_pruned
 from rdprune.methods.problem import Allocation, Problem
-from rdprune.methods.rd.rate_distortion import RateDistortion, rate_distortion
+from rdprune.pruning.layers import layer_weights, out_in
+from rdprune.pruning.masks import num_pruned
+from rdprune.tasks import Task
 
-__all__ = ["Allocation", "Baseline", "Fixed", "LMBaseline", "Problem", "RateDistortion",
-           "rate_distortion"]
+
+def _params_only(name: str, budget: str) -> None:
+    if budget != "params":
+        raise UserError(f"method {name} allocates a sparsity target only; a FLOPs target "
+                        "(flops_kept) needs method=ours or ours_zerodata")
+
+
+def clipping(sparsities: Sequence[float]) -> dict[str, int]:
+    """How many layers an allocation leaves dense (0%) or removes entirely (100%): reported
+    with every round, since a method whose band leaves [0, 1] is clipped there."""
+    s = np.asarray(sparsities, dtype=np.float64)
+    return {"layers_at_0": int(np.sum(s <= 0.0)), "layers_at_100": int(np.sum(s >= 1.0))}
 
 
 class Baseline:
-    """A baseline from :data:`rdprune.methods.baselines.BASELINES`, by name (parameter budget only)."""
+    """A pure baseline ``fn(weights, sparsity) -> sparsities`` (parameter budget only)."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.fn = get_baseline(name)
+    def __init__(self, name: str, fn: Callable[..., list[float]]) -> None:
+        self.name, self.fn = name, fn
 
-    def check(self, layers: dict[str, nn.Module], target: float, budget: str = "params") -> None:
+    def check(self, layers: dict[str, nn.Module], target: float, budget: str = "params",
+              task: Task | None = None) -> None:
         """Fail early (before any training) if ``target`` is infeasible for this model."""
-        if budget != "params":
-            raise UserError(f"method {self.name} allocates a sparsity target only; a FLOPs "
-                            "target (flops_kept) needs method=ours or ours_zerodata")
+        _params_only(self.name, budget)
         self.fn(layer_weights(layers), target)
 
     def allocate(self, problem: Problem) -> Allocation:
         start = time.perf_counter()
         sparsities = self.fn(layer_weights(problem.layers), problem.target)
         return Allocation(problem.layers, sparsities,
-                          {"allocate_seconds": time.perf_counter() - start})
+                          {"allocate_seconds": time.perf_counter() - start,
+                           **clipping(sparsities)})
 
 
 class LMBaseline:
-    """A layer-wise sparsity method for language models from :mod:`rdprune.methods.llm_baselines`.
+    """A block-wise method of the LLM literature (:mod:`rdprune.methods.llm_baselines`).
 
     Args:
-        name: ``owl``, ``atp`` or ``alpha_pruning``.
-        **hyper: the method's hyperparameters (OWL: ``m``, ``lam``; ATP: ``beta``, null = chosen
-            on the validation split from 0 and 5 equal steps up to the largest legal beta (the
-            official grid's 0.002 steps, scaled to a few blocks); AlphaPruning:
-            ``epsilon``); absent ones take the function's defaults (the papers').
+        name: its registry name (``owl``, ``dlp``, ``atp``, ``alpha_pruning``).
+        fn: ``fn(weights, sparsity, *, blocks, **hyper)``; a ``scores`` parameter gets the Wanda
+            metric ``|W| * ||X_j||_2`` of the dense model (OWL, DLP).
+        **hyper: the method's hyperparameters (OWL: ``m``, ``lam``; DLP: ``alpha``; ATP:
+            ``beta``, null = chosen on the validation split from 0 and 5 equal steps up to the
+            largest legal beta (the official grid's 0.002 steps, scaled to a few blocks);
+            AlphaPruning: ``epsilon``); absent or null ones take the function's defaults.
     """
 
-    def __init__(self, name: str, **hyper: Any) -> None:
-        from rdprune.methods.llm_baselines import LM_BASELINES
-
-        if name not in LM_BASELINES:
-            raise UserError(f"unknown language-model method {name!r}; choose one of "
-                            f"{', '.join(LM_BASELINES)}")
-        self.name, self.fn = name, LM_BASELINES[name]
-        params = set(inspect.signature(self.fn).parameters) - {"weights", "sparsity", "blocks",
-                                                                "scores", "alphas"}
+    def __init__(self, name: str, fn: Callable[..., list[float]], **hyper: Any) -> None:
+        self.name, self.fn = name, fn
+        params = set(inspect.signature(fn).parameters) - {"weights", "sparsity", "blocks",
+                                                          "scores", "alphas"}
         unknown = sorted(set(hyper) - params)
         if unknown:
             raise UserError(f"method {name} has no option {', '.join(unknown)}; its options: "
                             f"{', '.join(sorted(params))}")
         self.hyper = {k: v for k, v in hyper.items() if v is not None}
+        self.scored = "scores" in inspect.signature(fn).parameters
 
-    def check(self, layers: dict[str, nn.Module], target: float, budget: str = "params") -> None:
-        from rdprune.methods.llm_baselines import blocks_of
-
-        if budget != "params":
-            raise UserError(f"method {self.name} allocates a sparsity target only; a FLOPs "
-                            "target (flops_kept) needs method=ours or ours_zerodata")
-        blocks_of(list(layers))
+    def check(self, layers: dict[str, nn.Module], target: float, budget: str = "params",
+              task: Task | None = None) -> None:
+        _params_only(self.name, budget)
+        if task is None:
+            raise UserError(f"method {self.name} needs the model's task (its decoder blocks)")
+        task.blocks(list(layers))
 
     def allocate(self, problem: Problem) -> Allocation:
-        from rdprune.pruning.statistics import input_norms
-        from rdprune.methods.llm_baselines import atp_beta_grid, blocks_of
-        from rdprune.models.lm import out_in
+        from rdprune.pruning.criteria import measure
 
         start = time.perf_counter()
-        names, weights = list(problem.layers), layer_weights(problem.layers)
+        names = list(problem.layers)
         # (d_out, d_in) views: GPT-2's Conv1D stores its weight transposed
-        weights = [out_in(m, w) for m, w in zip(problem.layers.values(), weights)]
-        blocks = blocks_of(names)
+        weights = [out_in(m, w) for m, w in zip(problem.layers.values(),
+                                                layer_weights(problem.layers))]
+        blocks = problem.task.blocks(names)
         hyper, info = dict(self.hyper), {}
-        if self.name == "owl":  # outliers of the Wanda metric, whatever criterion prunes
-            norms = problem.criterion.norms or input_norms(
-                problem.model, problem.layers, problem.calibration, device=problem.device)
+        if self.scored:  # the Wanda metric of the dense model, whatever criterion prunes
+            norms = problem.criterion.norms or measure(
+                "wanda", problem.model, problem.layers, problem.calibration,
+                device=problem.device).norms
             hyper["scores"] = [w.abs() * norms[k].to(w.device).view(1, -1)
                                for k, w in zip(names, weights)]
         if self.name == "atp" and "beta" not in hyper:
-            if problem.validate is None:
-                raise UserError("method atp with beta=null chooses beta on the validation split,"
-                                " which this dataset does not have: set method.beta")
-            # the official grid's step (0.002) gives ~10 values over LLaMA's 32 blocks; over
-            # fewer blocks the legal range is wider: 0 and 5 steps up to the largest legal beta
-            num = max(blocks) + 1
-            largest = min(2 * problem.target, 2 * (1 - problem.target)) / max(num - 1, 1)
-            grid = [0.0] + atp_beta_grid(problem.target, num, step=max(largest / 5, 1e-9))
-            losses = [problem.validate(dict(zip(names, self.fn(
-                weights, problem.target, blocks=blocks, beta=b)))) for b in grid]
-            hyper["beta"] = grid[int(np.argmin(losses))]
-            info = {"beta": hyper["beta"], "validation_nll": float(min(losses))}
+            hyper["beta"], info = self._atp_beta(problem, names, weights, blocks)
         sparsities = self.fn(weights, problem.target, blocks=blocks, **hyper)
         return Allocation(problem.layers, sparsities,
-                          {"allocate_seconds": time.perf_counter() - start, **info})
+                          {"allocate_seconds": time.perf_counter() - start, **info,
+                           **clipping(sparsities)})
+
+    def _atp_beta(self, problem: Problem, names: list[str], weights: list, blocks: list[int]
+                  ) -> tuple[float, dict[str, float]]:
+        """ATP's beta with the lowest validation loss among 0 and 5 equal steps up to the
+        largest legal one (the official grid's step, 0.002, gives ~10 values over LLaMA's 32
+        blocks; over fewer blocks the legal range is wider)."""
+        from rdprune.methods.llm_baselines import atp_beta_grid
+
+        if problem.validate is None:
+            raise UserError("method atp with beta=null chooses beta on the validation split, "
+                            "which this dataset does not have: set method.beta")
+        num = max(blocks) + 1
+        largest = min(2 * problem.target, 2 * (1 - problem.target)) / max(num - 1, 1)
+        grid = [0.0] + atp_beta_grid(problem.target, num, step=max(largest / 5, 1e-9))
+        losses = [problem.validate(dict(zip(names, self.fn(
+            weights, problem.target, blocks=blocks, beta=b)))) for b in grid]
+        beta = grid[int(np.argmin(losses))]
+        return beta, {"beta": beta, "validation_nll": float(min(losses))}
 
 
 class Fixed:
@@ -129,7 +143,8 @@ class Fixed:
         self.name = name
         self.sparsities = [float(s) for s in sparsities]
 
-    def check(self, layers: dict[str, nn.Module], target: float, budget: str = "params") -> None:
+    def check(self, layers: dict[str, nn.Module], target: float, budget: str = "params",
+              task: Task | None = None) -> None:
         """The list must fit the model, and its overall sparsity must be the run's target."""
         if budget != "params":
             raise UserError("method fixed gives per-layer sparsities: set sparsity=, not "

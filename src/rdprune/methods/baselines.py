@@ -267,26 +267,3 @@ def erk(weights: Sequence[torch.Tensor], sparsity: float) -> list[float]:
         # stays over 1 and can be fixed in the same pass.
         dense |= over
     return [0.0 if i in dense else max(0.0, 1.0 - eps * ratios[i]) for i in range(len(sizes))]
-
-
-BASELINES: dict[str, BaselineFn] = {
-    "uniform": uniform,
-    "uniform_plus": uniform_plus,
-    "global_magnitude": global_magnitude,
-    "lamp": lamp,
-    "erk": erk,
-}
-
-
-def get_baseline(name: str) -> BaselineFn:
-    """The baseline registered as ``name``.
-
-    Raises:
-        UserError: unknown name (the message lists the known ones).
-    """
-    try:
-        return BASELINES[name]
-    except KeyError:
-        raise UserError(
-            f"unknown allocation baseline {name!r}; choose one of: {', '.join(BASELINES)}"
-        ) from None

@@ -8,7 +8,7 @@ Every baseline is a pure function with one signature (the method's hyper-paramet
   (d_out, d_in) (LLaMA: q, k, v, o, gate, up, down per block; GPT-2: 4 per block). Only read.
 - ``sparsity`` (float): global target S, the fraction of all these weights removed, in [0, 1).
 - ``blocks`` (``Sequence[int]``): ``blocks[i]`` = decoder block of ``weights[i]``: 0, ..., L-1,
-  non-decreasing in steps of 0 or 1 (:func:`blocks_of` reads them from module names).
+  non-decreasing in steps of 0 or 1 (the task reads them from module names: :meth:`rdprune.tasks.Task.blocks`).
 - returns one sparsity per weight: the fraction of that linear's weights removed, in [0, 1].
 
 Every method keeps the parameter-weighted mean ``sum(n_l s_l) / N`` at S (up to float rounding),
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -35,26 +34,8 @@ from rdprune.errors import UserError
 #: the one signature: (weights, global sparsity, *, blocks, **hyper) -> per-linear sparsities
 LmBaselineFn = Callable[..., list[float]]
 
-_BLOCK = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)(?:\.|$)")
 _ESD_BINS = 100  # AlphaPruning's log10 histogram for the xmin_peak rule
 _TOL = 1e-9  # relative slack on ATP's legality bound: float rounding of the same number
-
-
-def blocks_of(names: Sequence[str]) -> list[int]:
-    """The decoder block of each module name: the integer after ``layers.``, ``h.`` or ``blocks.``
-    (``model.layers.3.self_attn.q_proj``, ``transformer.h.3.attn.c_attn`` -> 3).
-
-    Raises:
-        UserError: a name has no block index (``lm_head``, ``model.embed_tokens``, ...).
-    """
-    found = []
-    for name in names:
-        match = _BLOCK.search(name)
-        if match is None:
-            raise UserError(f"cannot tell the decoder block of module {name!r}: its name needs "
-                            "a 'layers.<i>', 'h.<i>' or 'blocks.<i>' part")
-        found.append(int(match.group(1)))
-    return found
 
 
 def _block_sizes(weights: Sequence[torch.Tensor], sparsity: float,
@@ -98,6 +79,15 @@ def _solve(base: np.ndarray, slope: np.ndarray, sizes: Sequence[int], target: fl
     return float(points[-1])
 
 
+def _check_scores(scores: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> None:
+    """One score tensor per weight, of its shape (ValueError)."""
+    if len(scores) != len(weights):
+        raise ValueError(f"{len(scores)} score tensors for {len(weights)} weights")
+    for i, (sc, w) in enumerate(zip(scores, weights)):
+        if sc.shape != w.shape:
+            raise ValueError(f"scores[{i}] has shape {tuple(sc.shape)}, weight {tuple(w.shape)}")
+
+
 def _finite(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite real number, got {value!r}")
@@ -138,11 +128,7 @@ def owl(weights: Sequence[torch.Tensor], sparsity: float, *, blocks: Sequence[in
     Defaults: the OWL README's LLaMA setting M = 5, lambda = 0.08 (argparse: Hyper_m 3, Lamda 0.08).
     """
     sizes = _block_sizes(weights, sparsity, blocks)
-    if len(scores) != len(weights):
-        raise ValueError(f"{len(scores)} score tensors for {len(weights)} weights")
-    for i, (sc, w) in enumerate(zip(scores, weights)):
-        if sc.shape != w.shape:
-            raise ValueError(f"scores[{i}] has shape {tuple(sc.shape)}, weight {tuple(w.shape)}")
+    _check_scores(scores, weights)
     m, lam = _finite("m", m), _finite("lam", lam)
     if lam < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
@@ -154,6 +140,44 @@ def owl(weights: Sequence[torch.Tensor], sparsity: float, *, blocks: Sequence[in
     r = (ratios - ratios.min()) / spread * 2 * lam
     c = _solve(s - r, np.ones_like(r), sizes, s * sum(sizes))
     per_block = np.clip(s - r + c, 0.0, 1.0)
+    return [float(per_block[b]) for b in blocks]
+
+
+def dlp(weights: Sequence[torch.Tensor], sparsity: float, *, blocks: Sequence[int],
+        scores: Sequence[torch.Tensor], alpha: float = 0.15) -> list[float]:
+    """DLP (Chen et al., 2025): more removals in blocks with a higher mean Wanda score.
+
+    Official source: ironartisan/DLP, ``lib/prune.py::get_dlp_ratios``. ``scores[i]`` is the
+    Wanda metric ``|W| * ||X_j||_2`` of ``weights[i]`` on the dense model. Per block b, ``m_b``
+    is the mean of its linears' concatenated scores (element-weighted, so the MLP dominates; the
+    paper says median, the code takes the mean), ``t_b = (m_b - min m) / (max m - min m)``, and
+    its linears get ``S + 2 alpha (t_b - mean t)`` (the official ``u = 1 - m / sum m``, min-max
+    scaled to ``[0, 2 alpha]``, is the same mapping; all m equal: uniform S).
+
+    Deviations, as for :func:`owl`: ``mean t`` is weighted by block size (the official unweighted
+    mean over blocks is the same for equal blocks); the official code sets a sparsity <= 0 to
+    0.01 and never clips above; here values are clipped to [0, 1] and the shift re-solved so the
+    parameter-weighted mean is S.
+
+    Default: alpha 0.15 (``run.py``; every official script).
+    """
+    sizes = _block_sizes(weights, sparsity, blocks)
+    _check_scores(scores, weights)
+    alpha = _finite("alpha", alpha)
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    totals = np.zeros(len(sizes))
+    for sc, b in zip(scores, blocks):
+        totals[b] += float(sc.detach().to(torch.float64).sum())
+    means = totals / np.asarray(sizes, dtype=np.float64)
+    if not np.isfinite(means).all():
+        raise ValueError("DLP scores have nan or inf entries")
+    s, spread = float(sparsity), means.max() - means.min()
+    if spread == 0:
+        return [s] * len(weights)
+    r = (means - means.min()) / spread * 2 * alpha
+    c = _solve(s + r, np.ones_like(r), sizes, s * sum(sizes))
+    per_block = np.clip(s + r + c, 0.0, 1.0)
     return [float(per_block[b]) for b in blocks]
 
 
@@ -295,5 +319,3 @@ def alpha_pruning(weights: Sequence[torch.Tensor], sparsity: float, *, blocks: S
     k = _solve(np.zeros_like(r), r, sizes, float(sparsity) * sum(sizes))
     return np.clip(k * r, 0.0, 1.0).tolist()
 
-
-LM_BASELINES: dict[str, LmBaselineFn] = {"owl": owl, "atp": atp, "alpha_pruning": alpha_pruning}

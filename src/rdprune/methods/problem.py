@@ -1,11 +1,12 @@
-"""What a pruning method is asked in one round (:class:`Problem`) and what it answers
-(:class:`Allocation`): the interface every method of :mod:`rdprune.methods` implements as
-``allocate(problem) -> Allocation``."""
+"""What a pruning method is asked in one round (:class:`Problem`, built by :func:`build_problem`
+for the pipeline and the API alike) and what it answers (:class:`Allocation`): the interface
+every method implements as ``allocate(problem) -> Allocation``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,9 +15,20 @@ import torch
 from torch import nn
 
 from rdprune import cache
-from rdprune.pruning.masks import Criterion
+from rdprune.errors import UserError
+from rdprune.pruning.criteria import Criterion
+from rdprune.pruning.masks import kept_count, num_pruned
+from rdprune.tasks import Task
 
 T = TypeVar("T")
+
+
+class Budget(str, Enum):
+    """What a target counts: the prunable weights (``sparsity``), or their dense MACs
+    (``flops_kept``)."""
+
+    PARAMS = "params"
+    FLOPS = "flops"
 
 
 @dataclass
@@ -28,15 +40,16 @@ class Problem:
         layers: its prunable layers ``{name: module}`` in model order.
         target: fraction of the budget quantity to remove this round, in [0, 1): of the
             prunable weights (``budget="params"``) or of their dense MACs (``budget="flops"``).
-        budget: ``"params"`` or ``"flops"``.
+        budget: ``"params"`` or ``"flops"`` (a :class:`Budget` value).
         pruned: per-layer number of weights already removed (a layer may not lose fewer).
         macs: dense MACs per sample of each layer; only a FLOPs budget needs them (else None).
         calibration: the calibration inputs ``[N, *input_shape]`` (the same every round).
+        task: the model's task (:mod:`rdprune.tasks`): units, profiler, synthetic inputs.
         cache_dir: root of the stage caches (None: nothing cached).
         device: where to compute.
         progress: show progress bars.
-        criterion: which weights of a layer go (magnitude, or wanda with its input norms); RD
-            curves are measured with the criterion that will prune.
+        criterion: which weights of a layer go, with the calibration statistics it reads,
+            measured on the model as given; RD curves are measured with it.
         validate: ``{layer: sparsity} -> validation loss`` of the model pruned so (lower is
             better), for methods that choose a hyperparameter on the validation split (ATP's
             beta); None where the data has no validation split.
@@ -49,11 +62,46 @@ class Problem:
     pruned: list[int]
     macs: dict[str, int] | None
     calibration: torch.Tensor
+    task: Task
     cache_dir: Path | None = None
     device: torch.device = torch.device("cpu")
     progress: bool = True
     criterion: Criterion = field(default_factory=Criterion)
     validate: Callable[[dict[str, float]], float] | None = None
+
+
+def check_target(layers: Mapping[str, nn.Module], sparsity: float) -> None:
+    """A sparsity target must be in [0, 1) and keep at least one weight."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or \
+            not 0.0 <= sparsity < 1.0:
+        raise UserError("sparsity must be in [0, 1) (fraction of weights removed), got "
+                        f"{sparsity!r}")
+    total = sum(m.weight.numel() for m in layers.values())
+    if num_pruned(total, sparsity) >= total:
+        largest = 1.0 - 1.0 / total
+        raise UserError(f"sparsity {sparsity} removes all {total:,} prunable weights; the largest "
+                        f"target that keeps one is {largest!r}")
+
+
+def build_problem(
+    model: nn.Module, layers: Mapping[str, nn.Module], target: float, budget: str, *,
+    calibration: torch.Tensor, task: Task, criterion: Criterion,
+    masks: Mapping[str, torch.Tensor] | None = None, macs: Mapping[str, int] | None = None,
+    cache_dir: str | Path | None = None, device: torch.device | None = None,
+    progress: bool = True, validate: Callable[[dict[str, float]], float] | None = None,
+) -> Problem:
+    """The one way a :class:`Problem` is made (pipeline and API): the weights already removed
+    from ``masks`` (keyed like ``layers``), MACs only for a FLOPs budget."""
+    pruned = [0] * len(layers) if masks is None else [
+        masks[k].numel() - kept_count(masks[k]) for k in layers]
+    return Problem(
+        model=model, layers=dict(layers), target=float(target), budget=Budget(budget).value,
+        pruned=pruned, macs=dict(macs) if macs is not None and budget == Budget.FLOPS else None,
+        calibration=calibration, task=task,
+        cache_dir=Path(cache_dir).expanduser() if cache_dir is not None else None,
+        device=device if device is not None else next(
+            (p.device for p in model.parameters()), torch.device("cpu")),
+        progress=progress, criterion=criterion, validate=validate)
 
 
 class Allocation(dict):

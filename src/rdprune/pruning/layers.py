@@ -2,10 +2,10 @@
 
 A prunable layer is an ``nn.Conv2d`` or ``nn.Linear`` (or ``transformers``' ``Conv1D``, GPT-2's
 linear layer) whose forward actually runs when the model is called: a module that is defined but
-never used (the official EfficientNet-B0 has one) is not prunable. A model may narrow the set by a
-``prunable_names()`` method (a language model: the linears of its decoder blocks, not the
-embeddings or ``lm_head``; :class:`rdprune.models.lm.CausalLM`). Layers are listed in model order (``named_modules`` order), keyed by module name; that
-order is the one every allocation, curve and mask uses.
+never used (the official EfficientNet-B0 has one) is not prunable. A task may narrow the set (a
+language model: the linears of its decoder blocks, not the embeddings or ``lm_head``;
+:mod:`rdprune.tasks`). Layers are listed in model order (``named_modules`` order), keyed by module
+name; that order is the one every allocation, curve and mask uses.
 
 Weights that no prunable layer's forward reads (a module that uses another module's weight
 functionally, such as ``nn.MultiheadAttention`` with its ``out_proj``, or a parameter that is not a
@@ -14,17 +14,34 @@ module weight) are outside the prunable set; :func:`unprunable_weights` lists th
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from rdprune.models.lm import linear_types
 
 
 def is_prunable(module: nn.Module) -> bool:
     """Whether ``module`` is of a prunable type (Conv2d, Linear, transformers' Conv1D)."""
     return isinstance(module, (nn.Conv2d, *linear_types()))
+
+
+def linear_types() -> tuple[type, ...]:
+    """nn.Linear and GPT-2's ``Conv1D`` (a linear layer with a transposed weight), the latter
+    only once ``transformers`` is imported (no model can hold one before; importing it costs a
+    second at every start-up)."""
+    hf = sys.modules.get("transformers.pytorch_utils")
+    return (nn.Linear, hf.Conv1D) if hf is not None else (nn.Linear,)
+
+
+def out_in(module: nn.Module, tensor: torch.Tensor | None = None) -> torch.Tensor:
+    """``tensor`` (default: the weight) as ``(d_out, d_in)``: transformers' ``Conv1D`` (GPT-2's
+    linear layer) stores ``(d_in, d_out)``."""
+    t = module.weight if tensor is None else tensor
+    return t.t() if type(module).__name__ == "Conv1D" else t
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -53,20 +70,23 @@ class LinearUses(TorchFunctionMode):
 
 
 @torch.no_grad()
-def find_prunable(model: nn.Module, example: torch.Tensor) -> dict[str, nn.Module]:
+def find_prunable(model: nn.Module, example: torch.Tensor,
+                  allowed: Iterable[str] | None = None) -> dict[str, nn.Module]:
     """Conv2d / Linear modules that run in ``model(example)``, in model order.
 
     Args:
         model: the network; its train/eval mode is restored afterwards.
         example: a small input batch (one sample is enough).
+        allowed: only these module names (a task narrows the set: a language model's decoder
+            blocks); None: every module.
 
     Returns:
         ``{module name: module}`` in ``named_modules`` order, only modules called during forward
-        or whose weight goes through ``F.linear`` there (:class:`LinearUses`), and named by the
-        model's ``prunable_names()``, if it has one.
+        or whose weight goes through ``F.linear`` there (:class:`LinearUses`), and in
+        ``allowed``.
     """
     model = unwrap(model)
-    allowed = set(model.prunable_names()) if hasattr(model, "prunable_names") else None
+    allowed = set(allowed) if allowed is not None else None
     called: set[int] = set()
     hooks = [
         m.register_forward_hook(lambda mod, _inp, _out: called.add(id(mod)))

@@ -1,7 +1,5 @@
-"""Masks: which weights are removed, given how many.
-
-Allocation decides *how many* weights each layer loses (a sparsity); this module decides *which*
-(``prune.criterion``, :class:`Criterion`):
+"""Masks: which weights are removed, given how many, for the criteria that only zero weights
+(:mod:`rdprune.pruning.criteria` chooses among them and SparseGPT):
 
 - ``magnitude`` (the paper): the smallest ``|w|`` of the layer, already-zero weights first and
   ties broken by position, so the same weights and sparsity always give the same mask;
@@ -24,11 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
-
-from rdprune.errors import UserError
-
-#: within-layer criteria (``prune.criterion``): which weights of a layer go first
-CRITERIA = ("magnitude", "wanda")
 
 
 def num_pruned(numel: int, sparsity: float) -> int:
@@ -78,7 +71,9 @@ def magnitude_masks(
     layers: Mapping[str, nn.Module], sparsities: Sequence[float]
 ) -> dict[str, torch.Tensor]:
     """Masks for every layer from per-layer sparsities (in the order of ``layers``)."""
-    return Criterion().masks(layers, sparsities)
+    if len(sparsities) != len(layers):
+        raise ValueError(f"{len(sparsities)} sparsities for {len(layers)} layers")
+    return {name: magnitude_mask(m.weight, s) for (name, m), s in zip(layers.items(), sparsities)}
 
 
 def row_quotas(zeros: torch.Tensor, next_cost: Callable[[torch.Tensor], torch.Tensor],
@@ -128,67 +123,6 @@ def wanda_mask_count(weight: torch.Tensor, norm: torch.Tensor, k: int) -> torch.
     return torch.empty_like(keep).scatter_(1, order, keep)
 
 
-def check_criterion(name: str, layers: Mapping[str, nn.Module]) -> None:
-    """One line, before any work, when ``name`` cannot prune ``layers``: Wanda compares the
-    weights of each output row of a *linear* layer (a convolution has no such rows)."""
-    if name == "wanda":
-        conv = [n for n, m in layers.items() if m.weight.dim() != 2]
-        if conv:
-            raise UserError(
-                f"prune.criterion=wanda compares the weights of each output row of a linear "
-                f"layer; {len(conv)} of the {len(layers)} prunable layers are not linear "
-                f"({conv[0]}: {type(layers[conv[0]]).__name__}): use prune.criterion=magnitude")
-
-
-class Criterion:
-    """Which weights of a layer go first: ``magnitude`` or ``wanda`` (module docstring).
-
-    Args:
-        name: the criterion.
-        norms: ``wanda``: per layer name, the input-feature norms ``||X_j||_2`` (``[d_in]``).
-    """
-
-    def __init__(self, name: str = "magnitude",
-                 norms: Mapping[str, torch.Tensor] | None = None) -> None:
-        if name not in CRITERIA:
-            raise ValueError(f"criterion must be one of {CRITERIA}, got {name!r}")
-        if name == "wanda" and norms is None:
-            raise ValueError("the wanda criterion needs the layers' input norms")
-        self.name, self.norms = name, norms
-
-    def mask_count(self, name: str, module: nn.Module, k: int) -> torch.Tensor:
-        """The keep-mask of ``module``'s weight (its own layout) removing exactly ``k`` weights
-        (at least its already-zero ones)."""
-        if self.name == "magnitude":
-            return magnitude_mask_count(module.weight, k)
-        from rdprune.models.lm import out_in
-
-        if module.weight.dim() != 2:
-            raise UserError(f"prune.criterion=wanda compares the weights of each output row of a "
-                            f"linear layer; {name} is a {type(module).__name__}")
-        return out_in(module, wanda_mask_count(out_in(module), self.norms[name], k))
-
-    def mask(self, name: str, module: nn.Module, sparsity: float) -> torch.Tensor:
-        return self.mask_count(name, module, num_pruned(module.weight.numel(), sparsity))
-
-    def removed(self, name: str, module: nn.Module, counts: Sequence[int]
-                ) -> list[torch.Tensor]:
-        """Flat indices (in the weight's layout) of the weights removed when ``k`` go, for each
-        ``k`` of ``counts``."""
-        if self.name == "magnitude":  # the first k of one order: no mask needed
-            order = magnitude_order(module.weight)
-            return [order[:k] for k in counts]
-        return [torch.nonzero(~self.mask_count(name, module, k).flatten()).flatten()
-                for k in counts]
-
-    def masks(self, layers: Mapping[str, nn.Module], sparsities: Sequence[float]
-              ) -> dict[str, torch.Tensor]:
-        """Masks for every layer from per-layer sparsities (in the order of ``layers``)."""
-        if len(sparsities) != len(layers):
-            raise ValueError(f"{len(sparsities)} sparsities for {len(layers)} layers")
-        return {name: self.mask(name, m, s) for (name, m), s in zip(layers.items(), sparsities)}
-
-
 @torch.no_grad()
 def apply_masks(layers: Mapping[str, nn.Module], masks: Mapping[str, torch.Tensor]) -> None:
     """Zero the removed weights in place (exact zeros)."""
@@ -233,3 +167,4 @@ def check_masks(
             raise MaskViolationError(
                 f"{bad} pruned weights of layer {name} are non-zero{' ' + where if where else ''}"
             )
+

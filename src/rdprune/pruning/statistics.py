@@ -1,13 +1,19 @@
-"""Calibration statistics of layer inputs: the ``||X_j||_2`` of Wanda and OWL.
+"""Calibration statistics of layer inputs: Wanda's feature norms and SparseGPT's Hessian.
 
-For a linear layer with input ``X`` (every calibration token a row, ``d_in`` features), the norm of
-feature j is ``||X_j||_2 = sqrt(sum over tokens of x_j^2)``. Wanda's official code keeps a running
-mean over sequences of each sequence's sum of squares (``lib/layerwrapper.py::add_batch``), so its
-``sqrt(scaler_row)`` is ``||X_j||_2 / sqrt(N)``: a constant factor per layer, which changes neither
-the ranking within a row nor OWL's ``M x mean`` outlier threshold. Here the plain norm, summed in
-float64 over all calibration tokens of the model as given (not block by block after pruning the
-blocks before, as Wanda's sequential loop does: the RD curves measure single layers of this model,
-whose inputs are exactly these).
+For a linear layer with input ``X`` (every calibration token a row, ``d_in`` features):
+
+- ``norms``: ``||X_j||_2 = sqrt(sum over tokens of x_j^2)``, Wanda's and OWL's metric. Wanda's
+  official code keeps a running mean over sequences of each sequence's sum of squares
+  (``lib/layerwrapper.py::add_batch``), so its ``sqrt(scaler_row)`` is ``||X_j||_2 / sqrt(N)``: a
+  constant factor per layer, which changes neither the ranking within a row nor OWL's
+  ``M x mean`` outlier threshold.
+- ``hessian``: ``H = (2 / N) sum over sequences of X_s^T X_s`` (``[d_in, d_in]``), SparseGPT's
+  ``add_batch`` (a running average over the N sequences).
+
+Both are summed in float64 over every calibration token and returned in float32 (the official
+codes accumulate in float32). They are measured on the model as given, all layers in one pass;
+the sequential protocol (:mod:`rdprune.pruning.sequential`) measures them block by block on the
+inputs the already-pruned blocks produce.
 """
 
 from __future__ import annotations
@@ -17,51 +23,89 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from rdprune.models.lm import out_in
+from rdprune.pruning.layers import out_in
+
+KINDS = ("norms", "hessian")
+
+
+class Collector:
+    """Forward pre-hooks on linear layers accumulating their inputs' ``norms`` or ``hessian``
+    (module docstring); use as a context manager, then :meth:`result`."""
+
+    def __init__(self, layers: Mapping[str, nn.Module], kind: str) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.layers, self.kind = dict(layers), kind
+        self.sums: dict[str, torch.Tensor] = {}
+        self.sequences: dict[str, int] = {}
+        self.handles: list = []
+
+    def _hook(self, name: str):
+        def record(module, args):
+            x = args[0].detach()
+            sequences = x.shape[0] if x.dim() > 2 else 1
+            x = x.reshape(-1, x.shape[-1]).double()
+            part = x.square().sum(dim=0) if self.kind == "norms" else x.T @ x
+            self.sums[name] = self.sums[name] + part if name in self.sums else part
+            self.sequences[name] = self.sequences.get(name, 0) + sequences
+        return record
+
+    def __enter__(self) -> Collector:
+        self.handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in self.layers.items()]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """Per layer: ``norms`` ``[d_in]`` or ``hessian`` ``[d_in, d_in]``, float32 on CPU."""
+        missing = [n for n in self.layers if n not in self.sums]
+        if missing:
+            raise RuntimeError(f"layers never called on the calibration inputs: {missing[:3]}")
+        out = {}
+        for name, m in self.layers.items():
+            d_in = out_in(m).shape[1]
+            if self.sums[name].shape[0] != d_in:
+                raise RuntimeError(f"{name}: {self.sums[name].shape[0]} input features, weight "
+                                   f"takes {d_in}")
+            s = self.sums[name]
+            s = s.sqrt() if self.kind == "norms" else s * (2.0 / self.sequences[name])
+            out[name] = s.float().cpu()
+        return out
 
 
 @torch.inference_mode()
-def input_norms(
-    model: nn.Module, layers: Mapping[str, nn.Module], inputs: torch.Tensor,
+def input_statistics(
+    model: nn.Module, layers: Mapping[str, nn.Module], inputs: torch.Tensor, kind: str,
     batch_size: int = 16, device: torch.device | str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """``||X_j||_2`` of every layer's input features over ``inputs`` (float32 ``[d_in]`` each).
+    """:class:`Collector`'s statistics of every layer over ``inputs`` (one pass).
 
     Args:
         model: the network (eval mode is used and restored).
         layers: linear layers of ``model`` (``nn.Linear`` or ``Conv1D``).
         inputs: calibration inputs ``[N, ...]``, run in chunks of ``batch_size``.
+        kind: ``norms`` or ``hessian``.
         batch_size: samples per forward.
         device: where to run (default: the model's).
     """
     if device is None:
         device = next(model.parameters()).device
-    sums: dict[str, torch.Tensor] = {}
-
-    def hook(name: str):
-        def record(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            sq = x.square().sum(dim=0)
-            sums[name] = sums[name] + sq if name in sums else sq
-        return record
-
-    handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(inputs), batch_size):
-            model(inputs[start:start + batch_size].to(device))
+        with Collector(layers, kind) as col:
+            for start in range(0, len(inputs), batch_size):
+                model(inputs[start:start + batch_size].to(device))
     finally:
         model.train(was_training)
-        for h in handles:
-            h.remove()
-    missing = [n for n in layers if n not in sums]
-    if missing:
-        raise RuntimeError(f"layers never called on the calibration inputs: {missing[:3]}")
-    out = {}
-    for name, m in layers.items():
-        d_in = out_in(m).shape[1]
-        if sums[name].numel() != d_in:
-            raise RuntimeError(f"{name}: {sums[name].numel()} input features, weight takes {d_in}")
-        out[name] = sums[name].sqrt().float()
-    return out
+    return col.result()
+
+
+def input_norms(model: nn.Module, layers: Mapping[str, nn.Module], inputs: torch.Tensor,
+                batch_size: int = 16, device: torch.device | str | None = None
+                ) -> dict[str, torch.Tensor]:
+    """``||X_j||_2`` of every layer's input features over ``inputs`` (float32 ``[d_in]`` each)."""
+    return input_statistics(model, layers, inputs, "norms", batch_size, device)

@@ -38,6 +38,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from rdprune.tasks import metric_directions
 from rdprune.errors import UserError
 from rdprune.report.published import DISPLAY, TOLERANCE_PP, dense_top1, match
 from rdprune.report.runs import (  # noqa: F401 - re-exported for callers of the report API
@@ -245,21 +246,22 @@ def write_report(dirs: Iterable[str | os.PathLike], out: str | os.PathLike, wand
         base = {m: baseline_table(runs, m, failed) for m in
                 ("top1", "joint_distortion_worst", "joint_distortion_mean")}
         names = {"top1": "baselines", "joint_distortion_worst": "baselines_distortion",
-                 "joint_distortion_mean": "baselines_distortion_mean",
-                 "perplexity": "baselines_perplexity"}
-        lm = runs[runs["perplexity"].notna()] if "perplexity" in runs else runs.iloc[:0]
-        if not lm.empty:  # language models: perplexity, lower is better
-            base["perplexity"] = baseline_table(lm, "perplexity", failed)
+                 "joint_distortion_mean": "baselines_distortion_mean"}
+        # a task's own metrics beside top-1 (a language model: perplexity, lower is better)
+        own = {m: runs[runs[m].notna()] for m in metric_directions()
+               if m != "top1" and m in runs and runs[m].notna().any()}
+        for m, sub in own.items():
+            base[m], names[m] = baseline_table(sub, m, failed), f"baselines_{m}"
         for m, tabs in base.items():
             files += write_tables(out, names[m], list(tabs.values()), f"Baselines: {m}")
         paired = paired_table(runs, "top1", reference)
         files += write_tables(out, "paired", list(paired.values()),
                               "Paired differences against a reference: top1")
-        if not lm.empty:
-            paired_ppl = paired_table(lm, "perplexity", reference)
-            files += write_tables(out, "paired_perplexity", list(paired_ppl.values()),
-                                  "Paired differences against a reference: perplexity")
-            files += plots.metric_vs_sparsity(complete(lm), out, "perplexity")
+        paired_own = {m: paired_table(sub, m, reference) for m, sub in own.items()}
+        for m, sub in own.items():
+            files += write_tables(out, f"paired_{m}", list(paired_own[m].values()),
+                                  f"Paired differences against a reference: {m}")
+            files += plots.metric_vs_sparsity(complete(sub), out, m)
         layers = load_layers(runs)
         files += write_tables(out, "layer_sparsity", list(layer_table(runs, layers).values()),
                               "Per-layer sparsity (%) by method")
@@ -298,8 +300,9 @@ def write_report(dirs: Iterable[str | os.PathLike], out: str | os.PathLike, wand
                 tables["rounds"] = rounds
             if paired:
                 tables["paired"] = pd.concat([t.data for t in paired.values()])
-            if not lm.empty and paired_ppl:
-                tables["paired_perplexity"] = pd.concat([t.data for t in paired_ppl.values()])
+            for m, tabs in paired_own.items():
+                if tabs:
+                    tables[f"paired_{m}"] = pd.concat([t.data for t in tabs.values()])
             tables.update(paper_table=paper.data, layer_sparsity=layers,
                           **{names[m]: pd.concat([t.data for t in tabs.values()])
                              for m, tabs in base.items() if tabs})

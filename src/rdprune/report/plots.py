@@ -7,6 +7,8 @@ wrote. A per-group figure is named ``<base>.png`` when there is one group, else
 
 from __future__ import annotations
 
+from typing import Any
+
 import logging
 from pathlib import Path
 
@@ -38,14 +40,14 @@ def _series_label(label: str, schedule: str, finetune: str, several: bool) -> st
     return f"{label} ({schedule}, {finetune})" if several else label
 
 
-#: one colour per method in every figure (tab10 order); variants share their method's colour
-METHOD_COLORS = {m: f"C{i}" for i, m in enumerate(
-    ["ours", "lamp", "global_magnitude", "erk", "uniform_plus", "uniform", "ours_block", "owl",
-     "atp", "alpha_pruning"])}
+def _color(label: str) -> Any:
+    """One colour per method in every figure (tab20, the registry's order); variants share
+    their method's colour."""
+    from rdprune.methods.registry import methods
 
-
-def _color(label: str) -> str | None:
-    return METHOD_COLORS.get(str(label).split(" (")[0])
+    order = list(methods())
+    base = str(label).split(" (")[0]
+    return matplotlib.colormaps["tab20"](order.index(base) % 20) if base in order else None
 
 
 def _ordered(g: pd.DataFrame, by: list[str]) -> list:

@@ -29,7 +29,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rdprune.run.spec import is_rd
+from rdprune.run.spec import profiles
 from rdprune.report.published import PUBLISHED, Published
 
 
@@ -120,11 +120,10 @@ DESCRIPTION = {
     "schedule.name": "schedule",
     "sparsity": "target sparsity",
     "flops_kept": "FLOPs target (null: sparsity target)",
-    "method.name": "method",
-    "method.calibration": "calibration inputs (synthetic: N(0, 1), zero-data)",
+    "method.name": "method (ours_zerodata: N(0, 1) calibration inputs)",
 }
 ITERATIVE_ONLY = ("recipe.prune_amount", "recipe.rounds")
-RD_ONLY = ("dataset.calib_size", "method.calibration", *RD)
+RD_ONLY = ("dataset.calib_size", *RD)
 
 
 @dataclass(frozen=True)
@@ -221,7 +220,7 @@ def _as_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
 def compare(cfg: DictConfig | Mapping[str, Any], official: Mapping[str, Any]) -> list[Row]:
     """Each official setting against ``cfg`` (resolved); a key ``cfg`` lacks reads as null."""
     cfg = _as_config(cfg)
-    iterative, rd = OmegaConf.select(cfg, "schedule.name") == "iterative", is_rd(cfg)
+    iterative, rd = OmegaConf.select(cfg, "schedule.name") == "iterative", profiles(cfg)
     rows = []
     for key, want in official.items():
         value = OmegaConf.select(cfg, key, default=None)
@@ -266,7 +265,7 @@ def describe(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
              for r in rows if r.status == "differs"]
     return {"protocol": "custom" if diffs else "official", "recipe": f"{model}/{dataset}",
             "differences": diffs,
-            "fixes": [str(f) for f in FIXES if f.applies(model, dataset, is_rd(cfg))]}
+            "fixes": [str(f) for f in FIXES if f.applies(model, dataset, profiles(cfg))]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,6 +286,4 @@ def experiment_settings(p: Published) -> dict[str, Any]:
     recipe = recipe_for(p.model, p.dataset)
     assert recipe is not None, f"no recipe for published {p.model}/{p.dataset}"
     return {"schedule.name": p.schedule, "sparsity": p.sparsity / 100, "flops_kept": None,
-            "method.name": p.method,
-            "method.calibration": "synthetic" if p.method == "ours_zerodata" else "data",
-            **official_settings(recipe)}
+            "method.name": p.method, **official_settings(recipe)}

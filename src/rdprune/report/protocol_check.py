@@ -24,7 +24,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from rdprune.run.spec import is_rd
+from rdprune.run.spec import profiles
 from rdprune.errors import UserError
 from rdprune.report.protocol import (
     DESCRIPTION,
@@ -85,7 +85,7 @@ def check(names: Iterable[str] | None = None, overrides: Iterable[str] = (),
     for name in names or EXPERIMENTS:
         p = EXPERIMENTS[name]
         cfg = compose_experiment(name, overrides, conf)
-        fixes = [f for f in FIXES if f.applies(p.model, p.dataset, is_rd(cfg))]
+        fixes = [f for f in FIXES if f.applies(p.model, p.dataset, profiles(cfg))]
         out[name] = (compare(cfg, experiment_settings(p)), fixes)
     return out
 

@@ -27,21 +27,23 @@ import numpy as np
 import pandas as pd
 
 from rdprune.errors import UserError, UserFileNotFoundError
+from rdprune.tasks import metric_directions
 
 log = logging.getLogger(__name__)
 
 GROUP = ["model", "dataset", "schedule", "finetune"]  # one baseline table per group
 #: one cell: a method (label) at a target (%), and what the target counts (sparsity | flops)
 CELL = [*GROUP, "label", "target", "target_kind"]
-METHOD_ORDER = ["ours", "ours_block", "ours_zerodata", "owl", "atp", "alpha_pruning", "lamp",
-                "global_magnitude", "erk", "uniform_plus", "uniform"]
+#: which way each task metric is better (:mod:`rdprune.tasks`)
+_HIGHER = metric_directions()
 #: the report's metrics: (description, higher is better, mean formatter, with ± std)
 METRICS = {
     "top1": ("Top-1 (%) on the test set after the last round (a language model: next-token "
              "top-1)", True, "{:.2f}", True),
-    "pruned_top1": ("Top-1 (%) right after pruning, before fine-tuning", True, "{:.2f}", True),
+    "pruned_top1": ("Top-1 (%) right after pruning, before fine-tuning", _HIGHER["top1"],
+                    "{:.2f}", True),
     "perplexity": ("Perplexity on the test split after the last round (exp of the mean "
-                   "next-token NLL)", False, "{:.2f}", True),
+                   "next-token NLL)", _HIGHER["perplexity"], "{:.2f}", True),
     "joint_distortion_worst": ("Joint output distortion of the last pruning round on the "
                                "calibration set (worst case: max per-sample MSE of the logits, "
                                "before fine-tuning), mean over seeds", False, "{:.3g}", False),
@@ -200,9 +202,13 @@ def collect(dirs: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[
 
 
 def method_rank(label: str) -> tuple[int, str]:
-    """Sort key of a method label: the paper's method first, then the baselines, then others."""
+    """Sort key of a method label: the registry's order (the paper's method first), then
+    others."""
+    from rdprune.methods.registry import methods
+
+    order = list(methods())
     base = str(label).split(" (")[0]
-    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), str(label))
+    return (order.index(base) if base in order else len(order), str(label))
 
 
 def _sort_key(col: pd.Series) -> pd.Series:

@@ -12,7 +12,7 @@ the variation of the dense model and of the seed, which dominates differences be
   every other method it is paired with excludes zero in its favour; otherwise every method whose
   interval against the leader includes zero is "tied" with it, the leader too.
 - :func:`reference_for`: the reference of a column: a label the user names, or the best baseline
-  (the best mean among labels that are not the paper's methods, ``ours*``).
+  (the best mean among labels that are not the paper's methods, as the registry marks them).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ BOOTSTRAP_SEED = 0  # fixed: the same runs give the same interval in every repor
 HIGHER = {metric: spec[1] for metric, spec in METRICS.items()}
 #: test_correct.npy records the final model only: it is the per-sample data of ``top1`` alone
 BOOTSTRAP_METRICS = {"top1"}
-OURS = "ours"  # the paper's methods are the labels starting with this; the rest are baselines
 CORRECT = "test_correct.npy"
 
 TIE_RULE = ("Tie rule: the leader of a column (best mean) is best (bold) only when the 95% "
@@ -239,14 +238,16 @@ def reference_for(column: pd.DataFrame, metric: str = "top1",
         column: the runs of one column.
         metric: the metric whose mean picks the default reference.
         reference: a label to use; None picks the best baseline (best mean among labels that
-            are not the paper's methods, which start with ``ours``).
+            are not the paper's methods, :func:`rdprune.methods.registry.is_ours`).
 
     Returns:
         The label, or None when the named label (or any baseline) has no run in the column.
     """
     if reference is not None:
         return reference if (column["label"] == reference).any() else None
-    base = column[~column["label"].astype(str).str.startswith(OURS)]
+    from rdprune.methods.registry import is_ours
+
+    base = column[~column["label"].astype(str).map(is_ours)]
     return _best(base.groupby("label")[metric].mean(), HIGHER.get(metric, True))
 
 

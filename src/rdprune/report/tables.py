@@ -19,7 +19,6 @@ import pandas as pd
 from rdprune.report.runs import CELL, GROUP, METRICS, complete, load_layers, method_rank, target_label
 from rdprune.report.stats import (
     LEVEL,
-    OURS,
     TIE_RULE,
     Interval,
     compare,
@@ -289,8 +288,8 @@ def paired_table(df: pd.DataFrame, metric: str = "top1",
         data = pd.DataFrame(data)
         compared = data[data["reference"].notna() & (data["method"] != data["reference"])]
         named = (f"{reference} in every column" if reference is not None else
-                 "the best baseline of each column (best mean among methods not starting with "
-                 f"{OURS!r})" + "".join(f"; {h}: {r}" for h, r in refs.items() if r))
+                 "the best baseline of each column (best mean among methods other than the "
+                 "paper's)" + "".join(f"; {h}: {r}" for h, r in refs.items() if r))
         notes = [f"{what}: mean paired difference method − reference (runs sharing seed and "
                  f"dense model) with its {LEVEL:.0%} interval, n = pairs; not paired = no run "
                  f"sharing seed and dense model with the reference. Reference: {named}.",

@@ -30,10 +30,11 @@ from omegaconf import DictConfig
 from torch import nn
 
 from rdprune.cache import writable
-from rdprune.run.spec import is_rd
+from rdprune.run.spec import profiles
+from rdprune import tasks
 from rdprune.errors import UserError, UserFileNotFoundError, one_line
 from rdprune.training.loop import PRECISIONS
-from rdprune.pruning.masks import CRITERIA
+from rdprune.pruning.criteria import CRITERIA
 from rdprune.training.train import SCHEDULES, lr_schedule
 
 log = logging.getLogger(__name__)
@@ -94,14 +95,11 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.rd.shard is not None:
         _number("rd.shard", cfg.rd.shard, lo=0, hi=cfg.rd.shards - 1, integer=True,
                 what=f" (one of rd.shards={cfg.rd.shards} shards)")
-        if not is_rd(cfg):
+        if not profiles(cfg):
             raise UserError(f"rd.shard profiles RD curves: method {cfg.method.name} has none "
                             "(use method=ours, ours_zerodata or ours_block)")
-    lm = cfg.model.get("_target_") == "rdprune.models.causal_lm"
-    if lm != (cfg.dataset.name == "text"):
-        needs = "dataset=text" if lm else "an image dataset (digits, synthetic, cifar10, ...)"
-        raise UserError(f"model {cfg.model_name} is {'a language' if lm else 'an image'} model: "
-                        f"it needs {needs}, got dataset={cfg.dataset.name}")
+    tasks.check_config(cfg.model.get("_target_"), cfg.dataset.get("_target_"), cfg.model_name,
+                       cfg.dataset.name)
     if cfg.prune.criterion not in CRITERIA:
         raise UserError(f"prune.criterion must be one of {', '.join(CRITERIA)}, got "
                         f"{cfg.prune.criterion!r}")
@@ -149,9 +147,26 @@ def check_targets(cfg: DictConfig) -> None:
     it, is a one-line error before anything is built. A rate-distortion method gets ``options``
     (``rd.*``) from the pipeline."""
     check_keys(cfg.dataset, "dataset", f"dataset {cfg.dataset.get('name')}")
-    check_keys(cfg.model, "model", f"model {cfg.get('model_name')}")
-    check_keys(cfg.method, "method", f"method {cfg.method.get('name')}",
-               supplied=("options",) if is_rd(cfg) else ())
+    check_keys(cfg.model, "model", f"model {cfg.get('model_name')}",
+               supplied=tasks.for_factory(cfg.model.get("_target_")).model_keys)
+    check_method_keys(cfg.method)
+
+
+def check_method_keys(node: DictConfig) -> None:
+    """The method config names a registered method and holds only its settings."""
+    from rdprune.methods.registry import info, options
+
+    entry = info(str(node.get("name")))
+    allowed = options(entry)
+    for key in node:
+        if str(key) in ("_target_", "name") or str(key) in allowed:
+            continue
+        close = difflib.get_close_matches(str(key), allowed, n=1)
+        hint = f"; did you mean method.{close[0]}?" if close else ""
+        takes = f"its settings: {', '.join(allowed)}" if allowed else "it takes no settings"
+        rd = "; the RD options are rd.*" if entry.profiles else ""
+        raise UserError(f"method.{key} is not a setting of method {entry.name} ({takes}{rd})"
+                        f"{hint}")
 
 
 def resolve_device(name: Any) -> torch.device:
@@ -309,7 +324,7 @@ def warn_profiling_cost(cfg: DictConfig, model: nn.Module,
                         device: torch.device) -> None:
     """Warn, with the estimated time from one timed forward, when the RD grid is far above the
     official 101 points (``calibration`` is only loaded then)."""
-    if not is_rd(cfg):
+    if not profiles(cfg):
         return
     grid = int(cfg.rd.grid_points)
     if grid <= 1001:  # ten times the official grid: not worth a forward pass to estimate

@@ -26,6 +26,7 @@ from rdprune.errors import one_line
 from rdprune.pruning.layers import unprunable_weights
 from rdprune.pruning.masks import kept_count, sparsity_of
 from rdprune.report.protocol import describe
+from rdprune.tasks import Task
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -111,6 +112,7 @@ def write_outputs(
 
 def summary_metrics(
     cfg: DictConfig,
+    task: Task,
     model: nn.Module,
     layers: Mapping[str, nn.Module],
     dense: Mapping[str, Any],
@@ -125,6 +127,7 @@ def summary_metrics(
 
     Args:
         cfg: the run's config.
+        task: the model's task (its metrics).
         model: the final model.
         layers: its prunable layers.
         dense: the dense stage's result (``source``, ``key``, ``seconds``, ``top1``).
@@ -159,10 +162,11 @@ def summary_metrics(
             "finetune": sum(r["finetune_seconds"] for r in rows),
         },
     }
-    if "perplexity" in last:  # a language model: test perplexity, lower is better
-        metrics.update(dense_perplexity=dense["perplexity"],
-                       pruned_perplexity=last["pruned_perplexity"],
-                       perplexity=last["perplexity"])
+    for m in task.metrics:  # beside top-1, the task's own (a language model: perplexity)
+        if m != "top1":
+            metrics.update({f"dense_{m}": dense[m], f"pruned_{m}": last[f"pruned_{m}"],
+                            m: last[m]})
+    metrics["task"] = task.name
     if data_fingerprint is not None:
         metrics["data_fingerprint"] = data_fingerprint
     for key in ("predicted_distortion", "profile_seconds", "solve_seconds", "budget_type"):
@@ -175,24 +179,14 @@ def summary_metrics(
     return metrics
 
 
-def summary_table(metrics: Mapping[str, Any]) -> str:
+def summary_table(metrics: Mapping[str, Any], task: Task) -> str:
     """The short table printed at the end of a run."""
     flops_target = metrics.get("target_flops_kept") is not None
     lines = [
         f"{metrics['model']} on {metrics['dataset']}, method {metrics['method']}, "
         f"schedule {metrics['schedule']}, criterion {metrics['criterion']}",
     ]
-    if "perplexity" in metrics:  # a language model: perplexity first, top-1 = next token
-        lines += [
-            f"  {'dense perplexity':<22}{metrics['dense_perplexity']:8.2f}",
-            f"  {'pruned perplexity':<22}{metrics['pruned_perplexity']:8.2f}  (no fine-tuning)",
-            f"  {'final perplexity':<22}{metrics['perplexity']:8.2f}",
-        ]
-    top1 = "next-token top-1" if "perplexity" in metrics else "top-1"
-    lines += [
-        f"  {'dense ' + top1:<22}{metrics['dense_top1']:8.2f} %",
-        f"  {'pruned ' + top1:<22}{metrics['pruned_top1']:8.2f} %",
-        f"  {'final ' + top1:<22}{metrics['top1']:8.2f} %",
+    lines += task.summary_lines(metrics) + [
         f"  {'sparsity':<22}{100 * metrics['achieved_sparsity']:8.2f} %" + (
             "" if flops_target else f"  (target {100 * metrics['target_sparsity']:.2f} %)"),
         f"  {'FLOPs remaining':<22}{100 * metrics['flops_kept']:8.2f} %" + (

@@ -1,15 +1,18 @@
-"""What a composed run config asks for, in the terms the stages use.
+"""What a composed run config asks for, parsed once into a typed :class:`RunSpec`.
 
-One place reads the config's knobs (``sparsity`` / ``flops_kept``, ``recipe.*``, the optimizers,
-the dataset): the per-round targets, the budget kind, whether a stage runs, its learning-rate
-schedule, and the identities that cache keys are built from (everything that changes a result,
-nothing that does not).
+The stages read the spec, not the config: the per-round targets and what they count
+(:class:`Budget`), the method (its :mod:`registry <rdprune.methods.registry>` entry and options),
+the criterion and protocol, the two training stages (:class:`Training`), whether each runs. What a
+cached stage depends on is not decided here but in :mod:`rdprune.keys`. The few cfg-level helpers
+(:func:`targets`, :func:`config_id`, :func:`record`, :func:`profiles`) are what checks, reports
+and tests need before a spec exists.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -17,16 +20,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rdprune import cache
-
 from rdprune.errors import UserError
+from rdprune.methods.problem import Budget
+from rdprune.methods.registry import MethodInfo, info
 from rdprune.pruning.targets import schedule_targets
 from rdprune.training.train import lr_schedule
-
-#: dataset keys that change neither the data nor any result (left out of every cache key)
-LOADER_KEYS = ("num_workers", "eval_batch_size", "root", "download", "cache_dir")
-#: dataset keys of the calibration set and of the evaluated split only: the training data, and so
-#: a trained model, does not depend on them (left out of the training stages' keys)
-HELD_OUT_KEYS = ("calib_size", "calib_len", "calib_seed", "calib_corpus", "eval_tokens")
 
 
 def container(node: Any) -> Any:
@@ -34,60 +32,138 @@ def container(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def budget_of(cfg: DictConfig) -> str:
-    """What the target counts: "params" (``sparsity``) or "flops" (``flops_kept``)."""
-    return "params" if cfg.get("flops_kept") is None else "flops"
+def budget_of(cfg: DictConfig) -> Budget:
+    """What the target counts: ``sparsity`` (params) or ``flops_kept`` (flops)."""
+    return Budget.PARAMS if cfg.get("flops_kept") is None else Budget.FLOPS
 
 
 def targets(cfg: DictConfig) -> list[float]:
     """Per-round targets: the fraction of the weights (or dense MACs) removed after each round."""
-    goal = cfg.sparsity if budget_of(cfg) == "params" else 1.0 - float(cfg.flops_kept)
+    goal = cfg.sparsity if budget_of(cfg) is Budget.PARAMS else 1.0 - float(cfg.flops_kept)
     return schedule_targets(
         {"name": cfg.schedule.name, "amount": cfg.recipe.prune_amount,
          "rounds": cfg.recipe.rounds}, goal)
 
 
-def data_identity(cfg: DictConfig, training: bool = False) -> dict[str, Any]:
-    """The dataset config without loader-only keys: what the data itself depends on (with
-    ``training``: what the training split depends on, without the calibration and evaluation
-    keys)."""
-    drop = LOADER_KEYS + (HELD_OUT_KEYS if training else ())
-    return {k: v for k, v in container(cfg.dataset).items() if k not in drop}
+def profiles(cfg: DictConfig) -> bool:
+    """Whether the run's method measures RD curves (it takes the ``rd.*`` options)."""
+    name = OmegaConf.select(cfg, "method.name", default=None)
+    try:
+        return name is not None and info(str(name)).profiles
+    except UserError:
+        return False
 
 
-def training(cfg: DictConfig, stage: str) -> dict[str, Any]:
-    """Everything a training stage's result depends on besides the model and data (cache keys).
+def method_options(cfg: DictConfig) -> dict[str, Any]:
+    """The method's settings besides its name: its config's keys, plus ``rd.*`` (without the
+    sharding keys) for a method that profiles (other methods do not read ``rd.*``)."""
+    node = {k: v for k, v in container(cfg.method).items() if k not in ("_target_", "name")}
+    return {**node, **rd_options(cfg)} if profiles(cfg) else node
 
-    ``stage`` is "dense" or "finetune"; steps, batch size and schedule come from ``recipe``.
+
+def rd_options(cfg: DictConfig) -> dict[str, Any]:
+    """The ``rd.*`` options of a profiling method (without ``shards`` / ``shard``)."""
+    return {k: v for k, v in container(cfg.rd).items() if k not in ("shards", "shard")}
+
+
+@dataclass(frozen=True)
+class Training:
+    """One training stage as the loop runs it.
+
+    Attributes:
+        steps: optimizer steps (0: the stage does not run).
+        schedule: learning rate over the steps (``constant`` | ``cosine``).
+        batch_size: samples per step (total over devices).
+        precision: ``32`` or ``bf16`` autocast.
+        devices: training processes.
+        optimizer: the ``_partial_`` optimizer config.
     """
-    r = cfg.recipe
-    node = cfg.dense if stage == "dense" else cfg.finetune
-    spec = {
-        "optimizer": container(node.get("optimizer")),
-        "steps": r.dense_steps if stage == "dense" else r.finetune_steps,
-        "schedule": r.dense_schedule if stage == "dense" else r.finetune_schedule,
-        "batch_size": r.batch_size, "precision": str(cfg.precision), "devices": cfg.devices,
-    }
-    if stage == "finetune":
-        spec["finetune"] = cfg.finetune.name
-        spec["admm"] = container(cfg.finetune.get("admm"))
-    return spec
+
+    steps: int
+    schedule: str
+    batch_size: int
+    precision: str
+    devices: Any
+    optimizer: Any
+
+    def scheduler(self) -> Any:
+        """``optimizer -> LR scheduler`` (picklable, for DDP workers)."""
+        return functools.partial(lr_schedule, kind=self.schedule, steps=self.steps)
+
+    def build_optimizer(self) -> Any:
+        return instantiate(self.optimizer)
 
 
-def schedule_factory(cfg: DictConfig, stage: str) -> Any:
-    """``optimizer -> LR scheduler`` of a training stage (picklable, for DDP workers)."""
-    spec = training(cfg, stage)
-    return functools.partial(lr_schedule, kind=spec["schedule"], steps=spec["steps"])
+@dataclass(frozen=True)
+class RunSpec:
+    """A run config, decoded once (module docstring).
+
+    Attributes:
+        cfg: the config itself (for the outputs and the cache keys).
+        model_name: the model config's name.
+        method: the method's registry entry.
+        criterion: ``prune.criterion``.
+        sequential: ``prune.sequential``: a language model is pruned block by block.
+        budget: what the targets count.
+        targets: per-round targets.
+        seed: the run's seed.
+        dense: dense training (steps 0 when the dense model is loaded).
+        finetune: each round's fine-tuning (steps 0: none).
+        finetune_name: ``finetune=`` (``none``, ``adamw``, ``admm``, ...).
+    """
+
+    cfg: DictConfig
+    model_name: str
+    method: MethodInfo
+    criterion: str
+    sequential: bool
+    budget: Budget
+    targets: tuple[float, ...]
+    seed: int
+    dense: Training
+    finetune: Training
+    finetune_name: str
+
+    @classmethod
+    def parse(cls, cfg: DictConfig) -> RunSpec:
+        r = cfg.recipe
+
+        def stage(steps: int, schedule: str, optimizer: Any) -> Training:
+            return Training(steps=int(steps), schedule=str(schedule), batch_size=int(r.batch_size),
+                            precision=str(cfg.precision), devices=cfg.devices, optimizer=optimizer)
+
+        loaded = bool(cfg.dense.checkpoint or cfg.model.get("weights"))
+        ft = cfg.finetune.name != "none"
+        return cls(
+            cfg=cfg, model_name=str(cfg.model_name), method=info(str(cfg.method.name)),
+            criterion=str(cfg.prune.criterion), sequential=bool(cfg.prune.get("sequential", True)),
+            budget=budget_of(cfg), targets=tuple(targets(cfg)), seed=int(cfg.seed),
+            dense=stage(0 if loaded else r.dense_steps, r.dense_schedule,
+                        cfg.dense.get("optimizer")),
+            finetune=stage(r.finetune_steps if ft else 0, r.finetune_schedule,
+                           cfg.finetune.get("optimizer")),
+            finetune_name=str(cfg.finetune.name))
+
+    @property
+    def admm(self) -> Any:
+        """``finetune.admm`` (``finetune=admm``), else None."""
+        return self.cfg.finetune.get("admm") if self.finetune_name == "admm" else None
+
+    def build_method(self) -> Any:
+        """The method object from ``conf/method`` (with ``rd.*`` for a profiling method)."""
+        if self.method.profiles:
+            return build(self.cfg.method, options=rd_options(self.cfg))
+        return build(self.cfg.method)
 
 
 def trains_dense(cfg: DictConfig) -> bool:
     """Whether the dense model is trained here (no checkpoint, no pretrained weights)."""
-    return not (cfg.dense.checkpoint or cfg.model.get("weights")) and cfg.recipe.dense_steps > 0
+    return RunSpec.parse(cfg).dense.steps > 0
 
 
 def finetunes(cfg: DictConfig) -> bool:
     """Whether each round fine-tunes (``finetune=none`` or 0 steps: no)."""
-    return cfg.finetune.name != "none" and cfg.recipe.finetune_steps > 0
+    return RunSpec.parse(cfg).finetune.steps > 0
 
 
 #: config keys that do not change a run's result beyond its cell and seed (left out of
@@ -96,21 +172,6 @@ NEUTRAL = ("seed", "name", "sparsity", "flops_kept", "paths", "device", "threads
            "launcher", "checkpoint_every", "dataset.root", "dataset.num_workers",
            "dataset.eval_batch_size", "dataset.download", "dataset.cache_dir", "rd.shards",
            "rd.shard", "slurm_gpus")
-#: ``rd.*`` keys that split RD profiling over jobs (``rd.shard`` = k of ``rd.shards``): how the
-#: curves are computed, not what they are, so they are not options of the method
-SHARDING = ("shards", "shard")
-
-
-def rd_options(cfg: DictConfig) -> dict[str, Any]:
-    """The ``rd.*`` options of a rate-distortion method (without the sharding keys)."""
-    return {k: v for k, v in container(cfg.rd).items() if k not in SHARDING}
-
-
-def method_options(cfg: DictConfig) -> dict[str, Any]:
-    """The method's settings besides its name: its config's keys, plus ``rd.*`` for a
-    rate-distortion method (other methods do not read ``rd.*``)."""
-    node = {k: v for k, v in container(cfg.method).items() if k not in ("_target_", "name")}
-    return {**node, **rd_options(cfg)} if is_rd(cfg) else node
 
 
 def config_id(cfg: DictConfig) -> str:
@@ -122,7 +183,7 @@ def config_id(cfg: DictConfig) -> str:
     with open_dict(node):
         node.seed = "<seed>"  # a placeholder: every key interpolating it reads the same
         # (del, not pop: pop would resolve the value, whose interpolation may be gone already)
-        for key in NEUTRAL + (() if is_rd(cfg) else ("rd",)):  # rd.*: RD methods only
+        for key in NEUTRAL + (() if profiles(cfg) else ("rd",)):  # rd.*: RD methods only
             if key == "seed":
                 continue
             parent, _, leaf = key.rpartition(".")
@@ -141,7 +202,7 @@ def record(cfg: DictConfig) -> dict[str, Any]:
         ``schedule``, ``finetune``, ``experiment``, ``seed``, ``target_sparsity`` or
         ``target_flops_kept`` (the other None), ``precision`` and ``config_id``.
     """
-    flops = budget_of(cfg) == "flops"
+    flops = budget_of(cfg) is Budget.FLOPS
     return {
         "model": cfg.model_name, "dataset": cfg.dataset.name, "method": cfg.method.name,
         "options": method_options(cfg), "criterion": cfg.prune.criterion,
@@ -150,22 +211,6 @@ def record(cfg: DictConfig) -> dict[str, Any]:
         "target_flops_kept": float(cfg.flops_kept) if flops else None,
         "precision": str(cfg.precision), "config_id": config_id(cfg),
     }
-
-
-def is_rd(cfg: DictConfig) -> bool:
-    """Whether the run's method is a rate-distortion method (it takes the ``rd.*`` options)."""
-    from hydra.utils import get_method
-
-    from rdprune.methods import rate_distortion
-
-    target = OmegaConf.select(cfg, "method._target_", default=None)
-    return target is not None and get_method(target) is rate_distortion
-
-
-def build_method(cfg: DictConfig) -> Any:
-    """The run's method from ``conf/method``; a rate-distortion method gets ``rd.*`` as its
-    options (the one place they are read; other methods ignore them, as documented there)."""
-    return build(cfg.method, options=rd_options(cfg)) if is_rd(cfg) else build(cfg.method)
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:

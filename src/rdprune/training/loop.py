@@ -205,7 +205,7 @@ def run_steps(
                 **(penalty.state_dict() if penalty is not None else {}),
             })
 
-    # the data's own loss (a language corpus: next-token cross-entropy), else classification
+    # the data's own loss (Splits: cross-entropy; a text corpus: next-token cross-entropy)
     loss_fn = getattr(data, "loss", None) or nn.CrossEntropyLoss()
     per_epoch = max(1, len(data.train) // batch_size) if masks else 0
     net = replica.wrap(model)

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from rdprune import cache
+from rdprune import cache, keys
 
 from rdprune.methods.rd import distortion
-from rdprune.pruning.masks import Criterion, apply_masks
+from rdprune.pruning.criteria import Criterion
+from rdprune.pruning.masks import apply_masks
 from rdprune.training.preemption import STOP_SIGNALS, Guard
 from rdprune.progress import bar as progress_bar
 from rdprune.training.train import predict
@@ -131,9 +132,9 @@ def measure(
 
     folder = None
     if cache_dir is not None:
-        folder = Path(cache_dir) / "additivity" / cache.digest(
-            "additivity", cache.state_digest(model), inputs, names, criterion.name,
-            criterion.norms)
+        folder = Path(cache_dir) / "additivity" / keys.key(
+            "additivity", {"criterion": criterion.name}, weights=cache.state_digest(model),
+            inputs=inputs, layers=names, stats=criterion.stats)
 
     def measured(pruned_layers: list[int], s: float) -> dict[str, float]:
         with pruned(layers, {names[i]: mask(i, s) for i in pruned_layers}):

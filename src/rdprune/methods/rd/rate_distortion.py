@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from rdprune import cache
+from rdprune import cache, keys
 from rdprune.methods.rd.distortion import check_reduction
+from rdprune.methods.rd.estimators import Estimator, local_errors
 from rdprune.errors import UserError
-from rdprune.pruning.layers import unwrap
 from rdprune.pruning.masks import kept_count, num_pruned
 from rdprune.methods.problem import Allocation, Problem, cached_stage
+from rdprune.tasks import Task
 
 if TYPE_CHECKING:
     from rdprune.methods.rd.profiling.store import CurveStore, Sink
@@ -46,8 +47,16 @@ class RateDistortion:
         grid_points: number of grid sparsities, ``linspace(0, 1, grid_points)`` (official: 101).
         reduction: distortion of the logits: "mean" or "worst" (max over samples).
         batch_size: calibration samples per forward while profiling.
-        tol: allowed budget slack of the DP when costs are binned (see :func:`rdprune.methods.rd.dp.solve`).
+        tol: allowed budget slack of the DP when costs are binned (see
+            :func:`rdprune.methods.rd.dp.solve`).
         calib_seed: seed of the synthetic calibration inputs.
+        estimator: how the curves are measured: ``exact`` (every grid point) or ``local``
+            (closed-form layer errors scaled by exact gains; :mod:`rdprune.methods.rd.estimators`).
+        points: grid points per unit measured exactly (``exact``: null = all, the rest
+            interpolated; ``local``: its anchors, null = 2).
+        tokens: calibration tokens (image models: samples) of the exact measurements
+            (null: all).
+        precision: dtype of the exact measurements (null: the model's; ``bfloat16``).
     """
 
     def __init__(
@@ -60,6 +69,10 @@ class RateDistortion:
         tol: float = 1e-3,
         calib_seed: int = 0,
         granularity: str = "layer",
+        estimator: str = "exact",
+        points: int | None = None,
+        tokens: int | None = None,
+        precision: str | None = None,
     ) -> None:
         if isinstance(grid_points, bool) or not isinstance(grid_points, int) or grid_points < 2:
             raise UserError(f"rd.grid_points must be an integer of at least 2, got {grid_points!r}")
@@ -76,37 +89,25 @@ class RateDistortion:
         self.reduction, self.batch_size, self.tol, self.calib_seed = (
             reduction, batch_size, tol, calib_seed)
         self.granularity = granularity
+        self.estimator = Estimator(estimator, points, tokens, precision)
 
-    def check(self, layers: dict[str, nn.Module], target: float, budget: str = "params") -> None:
+    def check(self, layers: dict[str, nn.Module], target: float, budget: str = "params",
+              task: Task | None = None) -> None:
         """Any target in [0, 1) is feasible: every layer may be pruned up to 100%."""
-        self.units(layers)
+        if self.granularity != "layer":
+            if task is None:
+                raise UserError(f"method {self.name} needs the model's task (its blocks)")
+            task.units(layers, self.granularity)
 
-    def units(self, layers: Mapping[str, nn.Module]) -> list[list[str]]:
+    def units(self, problem: Problem) -> list[list[str]]:
         """What gets one curve and one sparsity: each layer, or each decoder block's layers."""
-        if self.granularity == "layer":
-            return [[name] for name in layers]
-        from rdprune.models.lm import block_index
-
-        blocks: dict[int, list[str]] = {}
-        for name in layers:
-            b = block_index(name)
-            if b is None:
-                raise UserError(f"method {self.name} allocates per decoder block, but layer "
-                                f"{name} is in none (a language model's layers are): use ours")
-            blocks.setdefault(b, []).append(name)
-        return list(blocks.values())
+        return problem.task.units(problem.layers, self.granularity)
 
     def inputs(self, problem: Problem) -> torch.Tensor:
         """The calibration inputs (real or synthetic), fixed for every method and run."""
         if self.calibration == "synthetic":
-            shape = problem.calibration.shape
-            if not problem.calibration.is_floating_point():  # token ids: uniform over the vocab
-                vocab = unwrap(problem.model).hf.get_output_embeddings().weight.shape[0]
-                g = torch.Generator().manual_seed(int(self.calib_seed))
-                return torch.randint(0, vocab, tuple(shape), generator=g)
-            from rdprune.methods.rd.profiling import gaussian_inputs
-
-            return gaussian_inputs(shape[0], shape[1:], self.calib_seed)
+            return problem.task.synthetic_inputs(problem.model, problem.calibration,
+                                                 self.calib_seed)
         return problem.calibration
 
     def costs(self, problem: Problem, grid: np.ndarray) -> tuple[np.ndarray, float]:
@@ -114,7 +115,7 @@ class RateDistortion:
         sizes = {k: m.weight.numel() for k, m in problem.layers.items()}
         kept = {k: np.array([n - num_pruned(n, s) for s in grid], dtype=np.int64)
                 for k, n in sizes.items()}
-        units = self.units(problem.layers)
+        units = self.units(problem)
         total = sum(sizes.values())
         if problem.budget == "params":
             cost = np.stack([sum(kept[k] for k in u) for u in units])
@@ -131,7 +132,7 @@ class RateDistortion:
         pruned = dict(zip(problem.layers, problem.pruned))
         return np.array(
             [[all(num_pruned(problem.layers[k].weight.numel(), s) >= pruned[k] for k in u)
-              for s in grid] for u in self.units(problem.layers)],
+              for s in grid] for u in self.units(problem)],
             dtype=bool,
         )
 
@@ -142,33 +143,47 @@ class RateDistortion:
 
         grid = np.linspace(0.0, 1.0, self.grid_points)
         inputs = self.inputs(problem)
-        units = self.units(problem.layers)
+        units = self.units(problem)
         crit = problem.criterion
-        key = cache.digest(
-            "curves", cache.state_digest(problem.model), problem.pruned, list(problem.layers),
-            units, inputs, grid, self.reduction, self.calibration, crit.name,
-            crit.norms if crit.name != "magnitude" else None,
-        )
+        key = keys.key(
+            "curves", {"reduction": self.reduction, "calibration": self.calibration,
+                       "criterion": crit.name, "estimator": vars(self.estimator)},
+            weights=cache.state_digest(problem.model), pruned=problem.pruned,
+            layers=list(problem.layers), units=units, inputs=inputs, grid=grid,
+            stats=crit.stats)
         root = problem.cache_dir / "curves" if problem.cache_dir is not None else None
         return CurveStore(root, key, len(units)), grid, inputs
 
     def measure(self, problem: Problem, grid: np.ndarray, inputs: torch.Tensor,
                 sink: Sink | None = None) -> np.ndarray:
-        """The curves of the units ``sink`` lets through (all without one)."""
-        from rdprune.methods.rd.profiling import rd_curves
-        from rdprune.methods.rd.profiling.lm import lm_curves
-
-        units = self.units(problem.layers)
+        """The curves of the units ``sink`` lets through (all without one), by the task's
+        exact profiler on the points, tokens and precision the estimator asks for; each row
+        completed (interpolated, or gain-scaled local errors) before it is stored."""
+        units = self.units(problem)
+        groups = None if self.granularity == "layer" else units
+        est = self.estimator
         x = inputs.to(problem.device)
-        if hasattr(unwrap(problem.model), "hf"):  # a causal LM: its blocks' fast path
-            return lm_curves(problem.model, x, grid, self.reduction, layers=problem.layers,
-                             batch_size=self.batch_size, progress=problem.progress, sink=sink,
-                             criterion=problem.criterion, groups=units)
-        if self.granularity != "layer":
-            raise UserError(f"method {self.name}: per-block curves need a language model")
-        return rd_curves(problem.model, x, grid, self.reduction, layers=problem.layers,
-                         batch_size=self.batch_size, progress=problem.progress, sink=sink,
-                         criterion=problem.criterion)
+        if est.is_reference:
+            return problem.task.curves(
+                problem.model, x, grid, self.reduction, layers=problem.layers,
+                batch_size=self.batch_size, progress=problem.progress, sink=sink,
+                criterion=problem.criterion, groups=groups)
+        local = None
+        if est.kind == "local":  # one forward for every layer's Gram matrix
+            local = local_errors(problem.model, problem.layers, units, grid, problem.criterion,
+                                 x, self.batch_size)
+        measured = est.measured(grid)
+        model, layers = est.model(problem.model, problem.layers)
+
+        def complete(ri: int, row: np.ndarray) -> np.ndarray:
+            return est.complete(grid, measured, row, None if local is None else local[ri])
+
+        rows = problem.task.curves(
+            model, est.inputs(x), grid[measured], self.reduction, layers=layers,
+            batch_size=self.batch_size, progress=problem.progress,
+            sink=None if sink is None else _Completing(sink, complete),
+            criterion=problem.criterion, groups=groups)
+        return np.stack([complete(ri, row) for ri, row in enumerate(rows)])
 
     def curves(self, problem: Problem, shards: int = 1, shard: int | None = None
                ) -> tuple[dict[str, Any] | None, np.ndarray, int]:
@@ -213,7 +228,7 @@ class RateDistortion:
         names = list(problem.layers)
         downstream = dict(zip(names, np.cumsum([macs[k] for k in names][::-1])[::-1]))
         costs = []
-        for unit in self.units(problem.layers):
+        for unit in self.units(problem):
             points = set()
             for k in unit:
                 w = problem.layers[k].weight.detach()
@@ -229,7 +244,7 @@ class RateDistortion:
         ``tol`` of it): weights are restored in the units whose curves fall most steeply one
         grid step down (distortion saved per unit of cost), never past that step nor below what
         earlier rounds pruned. The result is off the grid by less than one step per layer."""
-        units = self.units(problem.layers)
+        units = self.units(problem)
         sizes = {k: m.weight.numel() for k, m in problem.layers.items()}
         unit_cost = {k: 1 if problem.budget == "params" else problem.macs[k] // sizes[k]
                      for k in problem.layers}
@@ -258,7 +273,8 @@ class RateDistortion:
         curves = prof["curves"]
         cost, budget = self.costs(problem, grid)
         allowed = self.allowed(problem, grid)
-        skey = cache.digest("solve", curves, cost, budget, allowed, self.tol)
+        skey = keys.key("solve", {"tol": self.tol}, curves=curves, cost=cost, budget=budget,
+                        allowed=allowed)
 
         def optimise() -> dict[str, Any]:
             start = time.perf_counter()
@@ -279,6 +295,19 @@ class RateDistortion:
         }
         return Allocation(problem.layers, [per_layer[k] for k in problem.layers], info,
                           curves=curves, grid=grid)
+
+
+class _Completing:
+    """A sink that completes each measured row (:meth:`Estimator.complete`) before storing it."""
+
+    def __init__(self, sink: Sink, complete: Any) -> None:
+        self.sink, self.complete = sink, complete
+
+    def take(self, ri: int) -> bool:
+        return self.sink.take(ri)
+
+    def put(self, ri: int, row: np.ndarray, seconds: float) -> None:
+        self.sink.put(ri, self.complete(ri, row), seconds)
 
 
 def rate_distortion(

@@ -18,7 +18,8 @@ from rdprune.methods.rd.distortion import Accumulator
 from rdprune.errors import one_line
 from rdprune.methods.rd.graph import Placement, TracedModel, Untraceable
 from rdprune.pruning.layers import unwrap
-from rdprune.pruning.masks import Criterion, kept_count, num_pruned
+from rdprune.pruning.criteria import Criterion
+from rdprune.pruning.masks import kept_count, num_pruned
 from rdprune.methods.rd.profiling.common import (
     Layers, check_grid, check_output, chunks, device_of, preserve_modes, resolve_layers,
 )
@@ -105,6 +106,8 @@ def rd_curves(
                 sink=sink, criterion=criterion,
             )  # fmt: skip
 
+        if not criterion.zeros_only:
+            return fallback(f"criterion {criterion.name} also changes the weights it keeps")
         try:
             traced = TracedModel(base, mods, fold_bn=fold_bn, channels_last=channels_last)
         except Untraceable as exc:

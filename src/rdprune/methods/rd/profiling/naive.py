@@ -12,7 +12,8 @@ from torch import nn
 from rdprune.methods.rd.distortion import Accumulator
 from rdprune.methods.rd.graph import Placement
 from rdprune.pruning.layers import unwrap
-from rdprune.pruning.masks import Criterion
+from rdprune.pruning.criteria import Criterion
+from rdprune.pruning.masks import num_pruned
 from rdprune.methods.rd.profiling.common import (
     Layers, check_grid, check_output, chunks, device_of, preserve_modes, resolve_layers,
 )
@@ -76,8 +77,8 @@ def rd_curves_naive(
                         with torch.no_grad():
                             for (n, m), w in zip(members, originals):
                                 m.weight.copy_(w)  # the criterion sees the original weights
-                                mask = criterion.mask(n, m, s)
-                                m.weight.copy_(torch.where(mask, w, torch.zeros_like(w)))
+                                k = num_pruned(w.numel(), float(s))
+                                m.weight.copy_(criterion.pruned_weights(n, m, [k])[0][0])
                         acc = Accumulator(1, originals[0].device)
                         with torch.inference_mode(), ctx.autocast():
                             for x, y in zip(chunks(inputs, batch_size, ctx), ys):
