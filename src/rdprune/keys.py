@@ -41,6 +41,8 @@ _WHERE = {
     "dataset.cache_dir": "where the token streams are kept",
     "rd.shards": "how profiling is split over jobs",
     "rd.shard": "how profiling is split over jobs",
+    "replicate": "an experiment's label of its dense model (read through dense.seed and "
+                 "dataset.split_seed)",
 }
 #: dataset keys of the calibration set and the evaluated splits: training does not read them
 _HELD_OUT = {f"dataset.{k}": "calibration and evaluation only" for k in (

@@ -19,7 +19,7 @@ import numpy as np
 from torch import nn
 
 from rdprune.errors import UserError
-from rdprune.methods.problem import Allocation, Problem
+from rdprune.methods.problem import Allocation, Problem, to_the_weight
 from rdprune.pruning.layers import layer_weights, out_in
 from rdprune.pruning.masks import num_pruned
 from rdprune.tasks import Task
@@ -38,6 +38,13 @@ def clipping(sparsities: Sequence[float]) -> dict[str, int]:
     return {"layers_at_0": int(np.sum(s <= 0.0)), "layers_at_100": int(np.sum(s >= 1.0))}
 
 
+def exact(problem: Problem, sparsities: Sequence[float]) -> list[float]:
+    """The method's sparsities, rounded so the target is met to the weight
+    (:func:`~rdprune.methods.problem.to_the_weight`)."""
+    sizes = [m.weight.numel() for m in problem.layers.values()]
+    return to_the_weight(sizes, sparsities, problem.target, problem.pruned)
+
+
 class Baseline:
     """A pure baseline ``fn(weights, sparsity) -> sparsities`` (parameter budget only)."""
 
@@ -52,7 +59,7 @@ class Baseline:
 
     def allocate(self, problem: Problem) -> Allocation:
         start = time.perf_counter()
-        sparsities = self.fn(layer_weights(problem.layers), problem.target)
+        sparsities = exact(problem, self.fn(layer_weights(problem.layers), problem.target))
         return Allocation(problem.layers, sparsities,
                           {"allocate_seconds": time.perf_counter() - start,
                            **clipping(sparsities)})
@@ -107,7 +114,7 @@ class LMBaseline:
                                for k, w in zip(names, weights)]
         if self.name == "atp" and "beta" not in hyper:
             hyper["beta"], info = self._atp_beta(problem, names, weights, blocks)
-        sparsities = self.fn(weights, problem.target, blocks=blocks, **hyper)
+        sparsities = exact(problem, self.fn(weights, problem.target, blocks=blocks, **hyper))
         return Allocation(problem.layers, sparsities,
                           {"allocate_seconds": time.perf_counter() - start, **info,
                            **clipping(sparsities)})

@@ -99,13 +99,22 @@ class _Database:
         self.problem, self.table = problem, table
         self.names = list(problem.layers)
         self.store: dict[tuple[int, int], torch.Tensor] = {}
+        self.dense = {k: m.weight.detach().clone() for k, m in problem.layers.items()}
 
     def weight(self, unit: int, level: int) -> torch.Tensor:
+        """Layer ``unit`` pruned at ``level``, from its dense weight (``self.dense``)."""
         if (unit, level) not in self.store:
             name = self.names[unit]
             module = self.problem.layers[name]
             k = int(self.table.removed(self._at(unit, level))[unit])
-            self.store[unit, level] = self.problem.criterion.pruned_weights(name, module, [k])[0][0]
+            held = module.weight.detach().clone()
+            with torch.no_grad():
+                module.weight.copy_(self.dense[name])  # the criterion reads the dense weight
+                try:
+                    self.store[unit, level] = self.problem.criterion.pruned_weights(
+                        name, module, [k])[0][0]
+                finally:
+                    module.weight.copy_(held)
         return self.store[unit, level]
 
     def _at(self, unit: int, level: int) -> np.ndarray:
@@ -122,7 +131,7 @@ class _Database:
 
         @contextlib.contextmanager
         def context():
-            dense = {k: m.weight.detach().clone() for k, m in layers.items()}
+            dense = self.dense
             current: dict[int, int] = {}  # the level each layer holds now (only changes copy)
 
             def assemble(levels: np.ndarray) -> np.ndarray:

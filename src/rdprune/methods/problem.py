@@ -4,7 +4,7 @@ every method implements as ``allocate(problem) -> Allocation``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -81,6 +81,33 @@ def check_target(layers: Mapping[str, nn.Module], sparsity: float) -> None:
         largest = 1.0 - 1.0 / total
         raise UserError(f"sparsity {sparsity} removes all {total:,} prunable weights; the largest "
                         f"target that keeps one is {largest!r}")
+
+
+def to_the_weight(sizes: Sequence[int], sparsities: Sequence[float], target: float,
+                  pruned: Sequence[int] | None = None) -> list[float]:
+    """Per-layer sparsities whose removed counts add up to ``num_pruned(sum(sizes), target)``
+    exactly: each layer's ``s_l n_l`` rounded down or up (largest remainder first, ties to the
+    earlier layer), never below its ``pruned`` weights nor above its size. Methods whose
+    continuous solution is rounded layer by layer (uniform, ERK, the LLM methods) meet the
+    global target to the weight this way, as the others do by construction."""
+    n = np.asarray(sizes, dtype=np.int64)
+    low = np.zeros_like(n) if pruned is None else np.asarray(pruned, dtype=np.int64)
+    real = np.asarray(sparsities, dtype=np.float64) * n
+    k = np.clip(np.floor(real + 1e-9).astype(np.int64), low, n)
+    want = num_pruned(int(n.sum()), float(target))
+    order = np.argsort(-(real - np.floor(real + 1e-9)), kind="stable")  # largest remainder
+    while k.sum() != want:
+        step = 1 if k.sum() < want else -1
+        moved = False
+        for i in (order if step > 0 else order[::-1]):
+            if k.sum() == want:
+                break
+            if low[i] <= k[i] + step <= n[i]:
+                k[i] += step
+                moved = True
+        if not moved:
+            raise ValueError(f"cannot remove exactly {want} of {int(n.sum())} weights")
+    return [float(a) / float(b) for a, b in zip(k, n)]
 
 
 def build_problem(

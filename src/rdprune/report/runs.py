@@ -94,16 +94,32 @@ def target_label(target: float, kind: str = "sparsity") -> str:
 
 def label(rec: dict[str, Any]) -> str:
     """The method of a record with its non-default variant: ``ours (mean distortion)``,
-    ``lamp (wanda)``, ``ours (FLOPs target)``; the default setting is the bare method name."""
-    parts = []
-    if (rec.get("options") or {}).get("reduction") == "mean":
+    ``lamp (wanda)``, ``ours (FLOPs target)``, ``ours (local, 1024 tokens)``; the default
+    setting is the bare method name."""
+    parts, options = [], rec.get("options") or {}
+    if options.get("reduction") == "mean":
         parts.append("mean distortion")
+    parts += estimator_label(options)
     if rec.get("criterion", "magnitude") != "magnitude":
         parts.append(str(rec["criterion"]))
     if rec.get("target_flops_kept") is not None:
         parts.append("FLOPs target")
     method = str(rec.get("method"))
     return f"{method} ({', '.join(parts)})" if parts else method
+
+
+def estimator_label(options: dict[str, Any]) -> list[str]:
+    """The RD-curve estimator of a run's options in words (nothing for the exact reference):
+    ``local``, ``3 points``, ``1024 tokens``, ``bfloat16``."""
+    parts = []
+    if options.get("estimator", "exact") != "exact":
+        parts.append(str(options["estimator"]))
+    for key, unit in (("points", "points"), ("tokens", "tokens")):
+        if options.get(key) is not None:
+            parts.append(f"{options[key]} {unit}")
+    if options.get("precision") is not None:
+        parts.append(str(options["precision"]))
+    return parts
 
 
 def cell_fields(rec: dict[str, Any]) -> dict[str, Any]:

@@ -177,11 +177,14 @@ NEUTRAL = ("seed", "name", "sparsity", "flops_kept", "paths", "device", "threads
 def config_id(cfg: DictConfig) -> str:
     """A digest of the resolved config without the :data:`NEUTRAL` keys: runs of one cell and
     seed with different ``config_id`` differ in some setting (the report names such cells). A
-    setting that follows the seed (``dense.seed: ${seed}``, ``dataset.calib_seed: ${seed}``)
-    counts as that one setting, whatever the seed."""
+    setting that follows the seed (``dense.seed: ${seed}``, ``dataset.calib_seed: ${seed}``), or
+    an experiment's ``replicate`` (the index of one of several dense models, paired by
+    ``dense_key``), counts as that one setting, whatever its value."""
     node = copy.deepcopy(cfg)
     with open_dict(node):
         node.seed = "<seed>"  # a placeholder: every key interpolating it reads the same
+        if "replicate" in node:  # which dense model of several (its keys follow it, as seed's)
+            node.replicate = "<replicate>"
         # (del, not pop: pop would resolve the value, whose interpolation may be gone already)
         for key in NEUTRAL + (() if profiles(cfg) else ("rd",)):  # rd.*: RD methods only
             if key == "seed":
