@@ -237,11 +237,11 @@ class TextSplits(Splits):
 
 def hub_tokenizer(name: str) -> Any:
     """A Hugging Face tokenizer by name or directory (one line if it cannot be had here)."""
-    from transformers import AutoTokenizer
-
     from rdprune.models.hf_hub import load_error, locate
 
     where, local = locate(name, "dataset.tokenizer", "tokenizer_config.json")
+    from transformers import AutoTokenizer  # (after the check: its import takes seconds)
+
     try:
         return AutoTokenizer.from_pretrained(where, local_files_only=local)
     except (OSError, ValueError) as e:
@@ -321,8 +321,8 @@ def text(
         tok = bpe_tokenizer(texts["train"], vocab_size, path)
         eot, size, tok_id = tok.token_to_id(EOT), tok.get_vocab_size(), f"bpe{vocab_size}"
     else:
-        tok = hub_tokenizer(tokenizer)
-        eot, size, tok_id = None, len(tok), tokenizer
+        tok = hub_tokenizer(tokenizer)  # its end-of-sequence token between documents
+        eot, size, tok_id = tok.eos_token_id, len(tok), tokenizer
     fingerprint = cache.digest(digest, tok_id, calib_corpus)[:16]
     streams, _ = cache.cached(root / f"tokens-{fingerprint}.pt",
                               lambda: {s: encode(tok, texts[s], eot) for s in SPLITS})

@@ -72,6 +72,12 @@ class CausalLM(nn.Module):
         if prunable not in PRUNABLE:
             raise UserError(f"model.prunable must be one of {', '.join(PRUNABLE)}, got "
                             f"{prunable!r}")
+        offloaded = [n for n, p in hf.named_parameters() if p.device.type == "meta"]
+        if offloaded:
+            raise UserError(f"{len(offloaded)} weights of the model are offloaded (on the meta "
+                            f"device, e.g. {offloaded[0]}): pruning reads and writes every "
+                            "weight in place; load it onto devices that hold it (device_map "
+                            "over more GPUs, or max_memory), without disk or CPU offload")
         unfuse_experts(hf)  # fused experts -> one nn.Linear per expert projection (in place)
         self.hf, self.prunable = hf, prunable
         #: what the model computes in once it is ready (trained here: after dense training)
@@ -181,8 +187,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def causal_lm(*, name: str | None, weights: str | None, config: Mapping[str, Any] | None,
-              prunable: str, dtype: str = "auto", vocab_size: int, seq_len: int,
-              tokenizer: str | None = None) -> CausalLM:
+              prunable: str, dtype: str = "auto", device_map: str | None = None,
+              vocab_size: int, seq_len: int, tokenizer: str | None = None) -> CausalLM:
     """Build the model of ``conf/model/hf_lm.yaml`` (see the module docstring).
 
     Args:
@@ -196,6 +202,9 @@ def causal_lm(*, name: str | None, weights: str | None, config: Mapping[str, Any
             ``bfloat16`` or ``float16``: what calibration, profiling, pruning and evaluation run
             in. A model trained here trains in float32 and is cast after
             (``CausalLM.compute_dtype``).
+        device_map: a pretrained model's ``device_map`` (accelerate, as transformers users load
+            a model larger than one GPU: ``auto`` spreads its blocks over every visible GPU);
+            None: the whole model on the run's ``device``. Offloading to CPU or disk is refused.
         vocab_size: the data's tokenizer size (supplied by the pipeline from the data).
         seq_len: the data's context length (supplied; at most the model's).
         tokenizer: the data's tokenizer (supplied): a hub name, ``bpe`` or ``byte``.
@@ -206,6 +215,9 @@ def causal_lm(*, name: str | None, weights: str | None, config: Mapping[str, Any
 
     if weights not in (None, "pretrained"):
         raise UserError(f"model.weights must be pretrained or null, got {weights!r}")
+    if device_map is not None and weights != "pretrained":
+        raise UserError("model.device_map places a pretrained model's weights: it needs "
+                        "model.weights=pretrained")
     if dtype != "auto" and dtype not in DTYPES:
         raise UserError(f"model.dtype must be auto, {', '.join(DTYPES)}, got {dtype!r}")
     if name is None:
@@ -226,7 +238,7 @@ def causal_lm(*, name: str | None, weights: str | None, config: Mapping[str, Any
                 _check_tokenizer(name, tokenizer)
                 hf = AutoModelForCausalLM.from_pretrained(
                     where, dtype=DTYPES[dtype] if dtype != "auto" else "auto",
-                    local_files_only=local)
+                    local_files_only=local, device_map=device_map)
                 target = next(hf.parameters()).dtype
             else:  # the architecture at random init, sized to the data's tokenizer
                 hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(

@@ -106,7 +106,7 @@ def dense_stage(run: Run) -> dict[str, Any]:
         source, seconds = "trained", result["seconds"]
         log.info("dense model %s: %s", "loaded from cache" if hit else "trained", path)
     run.task.ready(model)  # (a language model trained here: cast to model.dtype)
-    model.to(run.device)
+    run.task.place(model, run.device)
     weights = cache.state_digest(model)
     return {"source": source, "key": weights, "seconds": seconds,
             **cached_evaluation(run, weights)}

@@ -99,7 +99,7 @@ def setup(cfg: DictConfig) -> Run:
     if spec.budget is Budget.PARAMS:
         check_target(layers, cfg.sparsity)
     method.check(layers, spec.targets[-1], spec.budget, task)
-    model.to(device)
+    task.place(model, device)
     checks.warn_profiling_cost(cfg, model, data.calibration, len(layers), device)
     return Run(spec=spec, data=data, model=model, task=task, layers=layers,
                macs=layer_macs(model, task.mac_sample(example).to(device), list(layers)),

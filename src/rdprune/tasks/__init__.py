@@ -86,6 +86,10 @@ class Task(ABC):
         tokenizer's size, its context length and its tokenizer)."""
         return {}
 
+    def place(self, model: nn.Module, device: torch.device) -> None:
+        """Put the model on the run's device."""
+        model.to(device)
+
     def ready(self, model: nn.Module) -> None:
         """Make the dense model what the rounds work on (a language model trained here in
         float32: cast to its ``model.dtype``)."""

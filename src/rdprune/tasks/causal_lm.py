@@ -57,11 +57,19 @@ class CausalLanguageModel(Task):
         return {"vocab_size": data.vocab_size, "seq_len": data.seq_len,
                 "tokenizer": data.tokenizer_name}
 
+    def place(self, model: nn.Module, device: torch.device) -> None:
+        """On the run's device, unless the model was spread over several (``device_map``)."""
+        from rdprune.pruning.layers import unwrap
+
+        if getattr(unwrap(model).hf, "hf_device_map", None) is None:
+            model.to(device)
+
     def ready(self, model: nn.Module) -> None:
         from rdprune.pruning.layers import unwrap
 
         base = unwrap(model)
-        base.to(base.compute_dtype)
+        if next(base.parameters()).dtype != base.compute_dtype:
+            base.to(base.compute_dtype)
 
     def describe(self) -> str:
         return "a language model"
