@@ -8,13 +8,14 @@ layers does not follow the sum of the per-layer errors. Here, on the dense LM of
 
 1. **Additivity** (as ``experiments/additivity.py`` on the digits ResNet-32): prune the same
    sparsity s in a set of units and compare the joint output distortion with the sum of the
-   single-unit distortions. Units: the 28 linear layers (consecutive pairs, ``--subsets`` random
-   subsets of 3, 7 and 14 layers, all 28) and the 4 decoder blocks (every pair, every triple, all
-   4); s in {0.3, 0.7} (low, high); criterion magnitude and Wanda.
+   single-unit distortions. Units: the linear layers (consecutive pairs, ``--subsets`` random
+   subsets of 3, 7 and 14 layers, all of them) and the decoder blocks (pairs, triples, all; at most
+   100 of each); s in {0.3, 0.7} (low, high); criterion magnitude and Wanda.
 2. **Does it matter for the DP?** At each target 50/60/70/80 %: the RD curves (21 points, mean
-   distortion), then allocations: ours (the DP), uniform, global magnitude, LAMP, ERK, OWL,
-   AlphaPruning, and ``--perturbations`` random perturbations of ours with the same number of
-   weights removed. For each: the distortion the additive model predicts (the curves interpolated
+   distortion), then allocations: ours (the DP), uniform, global magnitude, LAMP, ERK, OWL, DLP,
+   AlphaPruning, ATP (beta on the validation split), EvoPress (its search on the calibration KL),
+   and ``--perturbations`` random perturbations of ours with the same number of weights
+   removed. For each: the distortion the additive model predicts (the curves interpolated
    at its sparsities, summed), the measured joint distortion and the validation perplexity.
    Reported per target: Spearman's rank correlation of predicted and measured, and the rank of the
    DP's allocation among them by measured distortion and by perplexity.
@@ -22,8 +23,9 @@ layers does not follow the sum of the per-layer errors. Here, on the dense LM of
 Distortion ``mean`` (mean squared logit error over sequences, tokens and vocabulary) is primary;
 ``worst`` is in the CSV files.
 
-    python experiments/additivity_lm.py --threads 1     # ~17 min on a loaded core (the dense LM
-                                                        # cached; measurements cached per item)
+    python experiments/additivity_lm.py --threads 1     # the 4-block LM (dense LM cached)
+    python experiments/additivity_lm.py --threads 1 --experiment lm_compare \
+        --override model=hf_lm12 --out results/additivity_lm12   # the 12-block LM
     -> results/additivity_lm/{additivity.csv, summary.csv, dp_check.csv, dp_summary.csv,
        additivity_lm.png, README.md}
 """
@@ -60,7 +62,11 @@ from rdprune.training.train import predict
 ROOT = Path(__file__).resolve().parents[1]
 SPARSITIES = (0.3, 0.7)
 TARGETS = (0.5, 0.6, 0.7, 0.8)
-BASELINES = ("uniform", "global_magnitude", "lamp", "erk", "owl", "alpha_pruning")
+#: EvoPress's generations (None: its scaled rule, 400 x layers / 224)
+EVOPRESS_GENERATIONS: int | None = None
+#: every other allocation the DP's is measured against (EvoPress: its scaled search)
+BASELINES = ("uniform", "global_magnitude", "lamp", "erk", "owl", "dlp", "alpha_pruning", "atp",
+             "evopress")
 
 
 def digits_study():
@@ -80,6 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--perturbations", type=int, default=8, help="random variants of ours")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--experiment", default="lm_text_oneshot",
+                   help="the experiment whose dense LM is studied (trained once, cached)")
+    p.add_argument("--evopress-generations", type=int, default=None,
+                   help="EvoPress's generations (default: its scaled rule)")
+    p.add_argument("--override", action="append", default=[],
+                   help="config overrides of that experiment (repeatable), e.g. model=hf_lm12")
     return p.parse_args(argv)
 
 
@@ -110,16 +122,19 @@ def dp_check(env, crit: Criterion, inputs, reference, rng, perturbations: int) -
                           pruned=[0] * len(layers), macs=None, calibration=inputs, task=task_of(model),
                           cache_dir=env.cache_dir, device=env.device, progress=False,
                           criterion=crit)
+        problem.validate = validation_loss(env, crit)  # ATP's beta, on the validation split
         ours = make_method("ours", grid_points=21, reduction="mean", batch_size=16)
         alloc = ours.allocate(problem)
         candidates = {"ours": list(alloc.values())}
         for name in BASELINES:
-            candidates[name] = list(make_method(name).allocate(problem).values())
+            options = {"generations": EVOPRESS_GENERATIONS} if name == "evopress" else {}
+            candidates[name] = list(make_method(name, **options).allocate(problem).values())
         for k in range(perturbations):
             candidates[f"ours, perturbed {k}"] = perturbed(candidates["ours"], sizes, rng)
         for label, sparsities in candidates.items():
             pruned_model = copy.deepcopy(model)
-            prune(pruned_model, dict(zip(names, sparsities)), criterion=crit)
+            # the statistics of the model as given, as the curves were measured
+            prune(pruned_model, dict(zip(names, sparsities)), criterion=crit, sequential=False)
             measured = joint(reference, predict(pruned_model, inputs, 16, env.device))
             ppl = data.evaluate(pruned_model, env.device, split="validation")["perplexity"]
             rows.append({"criterion": crit.name, "target": target, "allocation": label,
@@ -127,6 +142,16 @@ def dp_check(env, crit: Criterion, inputs, reference, rng, perturbations: int) -
                          "measured": measured["mean"], "measured_worst": measured["worst"],
                          "validation_perplexity": ppl})
     return rows
+
+
+def validation_loss(env, crit: Criterion):
+    """``{layer: sparsity} -> validation NLL`` of a copy of the dense model pruned so."""
+    def loss(sparsities: dict[str, float]) -> float:
+        model = copy.deepcopy(env.model)
+        prune(model, sparsities, criterion=crit, sequential=False)
+        return env.data.evaluate(model, env.device, split="validation")["nll"]
+
+    return loss
 
 
 def dp_summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -146,7 +171,8 @@ def dp_summary(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def plot(add: pd.DataFrame, dp: pd.DataFrame, path: Path, calibration: str) -> None:
+def plot(add: pd.DataFrame, dp: pd.DataFrame, path: Path, calibration: str, blocks: int,
+         layers: int) -> None:
     fig = Figure(figsize=(16, 5.4))
     axes = fig.subplots(1, 3)
     colors = {0.3: "C0", 0.7: "C3"}
@@ -176,20 +202,22 @@ def plot(add: pd.DataFrame, dp: pd.DataFrame, path: Path, calibration: str) -> N
                  fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(title="target", fontsize=8)
-    fig.suptitle(f"Additivity on the offline LLaMA (4 blocks, 28 linears), {calibration} "
-                 "calibration tokens")
+    fig.suptitle(f"Additivity on the offline LLaMA ({blocks} blocks, {layers} linears), "
+                 f"{calibration} calibration tokens")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
 
 
 def main(argv: list[str] | None = None) -> None:
+    global EVOPRESS_GENERATIONS
     args = parse_args(argv)
+    EVOPRESS_GENERATIONS = args.evopress_generations
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     wall = time.perf_counter()
     study = digits_study()
-    env, dense = study.dense_env(args.cache_dir, out, args.threads, "lm_text_oneshot",
-                                 ("seed=0",))
+    env, dense = study.dense_env(args.cache_dir, out, args.threads, args.experiment,
+                                 ("seed=0", *args.override))
     summarize, table = study.summarize, study.table
     names = list(env.layers)
     n = len(names)
@@ -223,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     summary.to_csv(out / "summary.csv", index=False, float_format="%.4f")
     dp.to_csv(out / "dp_check.csv", index=False, float_format="%.6g")
     dps.to_csv(out / "dp_summary.csv", index=False, float_format="%.4f")
-    plot(add, dp, out / "additivity_lm.png", " x ".join(map(str, inputs.shape)))
+    plot(add, dp, out / "additivity_lm.png", " x ".join(map(str, inputs.shape)), len(blocks), n)
     seconds = time.perf_counter() - wall
     command = " ".join(["python experiments/additivity_lm.py",
                         *(argv if argv is not None else sys.argv[1:])])

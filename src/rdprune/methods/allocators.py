@@ -25,6 +25,13 @@ from rdprune.pruning.masks import num_pruned
 from rdprune.tasks import Task
 
 
+#: hyperparameters whose official value depends on the criterion, when the config leaves them
+#: null: AlphaPruning's epsilon in its LLaMA-7B scripts at 70% (haiquanlu/AlphaPruning
+#: ``scripts/*.sh``: magnitude 0.3, Wanda 0.2, SparseGPT 0.2)
+OFFICIAL_BY_CRITERION = {"alpha_pruning": {"epsilon": {"magnitude": 0.3, "wanda": 0.2,
+                                                       "sparsegpt": 0.2}}}
+
+
 def _params_only(name: str, budget: str) -> None:
     if budget != "params":
         raise UserError(f"method {name} allocates a sparsity target only; a FLOPs target "
@@ -106,6 +113,11 @@ class LMBaseline:
                                                 layer_weights(problem.layers))]
         blocks = problem.task.blocks(names)
         hyper, info = dict(self.hyper), {}
+        official = OFFICIAL_BY_CRITERION.get(self.name, {})
+        for key, per_criterion in official.items():  # null: the official value for the criterion
+            if key not in hyper:
+                hyper[key] = per_criterion[problem.criterion.name]
+                info[key] = hyper[key]
         if self.scored:  # the Wanda metric of the dense model, whatever criterion prunes
             norms = problem.criterion.norms or measure(
                 "wanda", problem.model, problem.layers, problem.calibration,

@@ -53,6 +53,7 @@ from rdprune.report.runs import (  # noqa: F401 - re-exported for callers of the
     target_label,
 )
 from rdprune.report.tables import (  # noqa: F401 - re-exported for callers of the report API
+    clipping_table,
     MISSING,
     NA,
     Table,
@@ -215,7 +216,8 @@ def log_wandb(out: Path, runs: pd.DataFrame, tables: dict[str, pd.DataFrame],
 
 def write_report(dirs: Iterable[str | os.PathLike], out: str | os.PathLike, wandb: bool = False,
                  project: str = "rdprune", group: str | None = None,
-                 command: str | None = None, reference: str | None = None) -> dict[str, Any]:
+                 command: str | None = None, reference: str | None = None,
+                 by: str | None = None) -> dict[str, Any]:
     """Collect the runs below ``dirs`` and write every table, figure and README.md into ``out``.
 
     ``reference``: the method label the paired table compares against in every column; None:
@@ -232,7 +234,7 @@ def write_report(dirs: Iterable[str | os.PathLike], out: str | os.PathLike, wand
     if runs.empty and not failed and additivity.empty:
         raise UserError(f"no run directories (metrics.json or .hydra/) found under {dirs}")
     labels = sorted(set(runs["label"]), key=method_rank) if not runs.empty else []
-    if reference is not None and reference not in labels:  # a typo: fail before writing
+    if reference not in (None, "best") and reference not in labels:  # a typo: fail first
         raise UserError(f"--reference {reference!r} is no method label of the runs (labels: "
                         f"{', '.join(labels) or 'none'})")
     out = Path(out)
@@ -254,14 +256,17 @@ def write_report(dirs: Iterable[str | os.PathLike], out: str | os.PathLike, wand
             base[m], names[m] = baseline_table(sub, m, failed), f"baselines_{m}"
         for m, tabs in base.items():
             files += write_tables(out, names[m], list(tabs.values()), f"Baselines: {m}")
-        paired = paired_table(runs, "top1", reference)
+        paired = paired_table(runs, "top1", reference, by)
         files += write_tables(out, "paired", list(paired.values()),
                               "Paired differences against a reference: top1")
-        paired_own = {m: paired_table(sub, m, reference) for m, sub in own.items()}
+        paired_own = {m: paired_table(sub, m, reference, by) for m, sub in own.items()}
         for m, sub in own.items():
             files += write_tables(out, f"paired_{m}", list(paired_own[m].values()),
                                   f"Paired differences against a reference: {m}")
             files += plots.metric_vs_sparsity(complete(sub), out, m)
+        clipped = clipping_table(runs)
+        if clipped is not None:
+            files += write_tables(out, "clipping", [clipped], "Layers clipped to 0% or 100%")
         layers = load_layers(runs)
         files += write_tables(out, "layer_sparsity", list(layer_table(runs, layers).values()),
                               "Per-layer sparsity (%) by method")
@@ -318,6 +323,7 @@ def write_report(dirs: Iterable[str | os.PathLike], out: str | os.PathLike, wand
 
 DESCRIPTIONS = {
     "runs": "one row per run (metrics.json fields, run_dir, overrides, superseded)",
+    "clipping": "cells whose method left layers at 0% or 100% sparsity (clipped bands)",
     "paper_table": "the paper's layout, mean ± std over seeds, published numbers beside, "
                    "measured vs published dense top-1, the protocol of the runs",
     "baselines": "top-1 per method x target sparsity, per model/dataset/schedule/fine-tune",
@@ -365,15 +371,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wandb", action="store_true", help="also log the tables to W&B")
     p.add_argument("--wandb-project", default="rdprune", help="W&B project")
     p.add_argument("--group", default=None, help="W&B group (default: the runs' experiment)")
+    p.add_argument("--by", default=None, metavar="FIELD",
+                   help="split the paired tables by a record field (criterion: comparisons "
+                        "within each criterion)")
     p.add_argument("--reference", default=None, metavar="LABEL",
                    help="method label the paired table compares against (default: the best "
-                        "baseline of each column)")
+                        "baseline of each column; best: each column's best label)")
     args = p.parse_args(argv)
     command = "python -m rdprune.report " + shlex.join(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         write_report(args.dirs, args.out, wandb=args.wandb, project=args.wandb_project,
-                     group=args.group, command=command, reference=args.reference)
+                     group=args.group, command=command, reference=args.reference, by=args.by)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

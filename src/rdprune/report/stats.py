@@ -243,6 +243,8 @@ def reference_for(column: pd.DataFrame, metric: str = "top1",
     Returns:
         The label, or None when the named label (or any baseline) has no run in the column.
     """
+    if reference == "best":
+        return _best(column.groupby("label")[metric].mean(), HIGHER.get(metric, True))
     if reference is not None:
         return reference if (column["label"] == reference).any() else None
     from rdprune.methods.registry import is_ours

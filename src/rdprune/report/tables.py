@@ -235,7 +235,7 @@ def _paired_cell(iv: Interval, spec: str) -> str:
 
 
 def paired_table(df: pd.DataFrame, metric: str = "top1",
-                 reference: str | None = None) -> dict[str, Table]:
+                 reference: str | None = None, by: str | None = None) -> dict[str, Table]:
     """Each method against a reference: methods x targets, one table per group.
 
     A cell reads ``Δ +0.42 [−0.10, +0.94] (n=10)``: the mean paired difference method minus
@@ -246,7 +246,10 @@ def paired_table(df: pd.DataFrame, metric: str = "top1",
     Args:
         df: the runs (:func:`rdprune.report.runs.collect`).
         metric: the metric compared.
-        reference: the reference label in every column; None: each column's best baseline.
+        reference: the reference label in every column; None: each column's best baseline;
+            ``best``: each column's best label (any method).
+        by: one more record field that splits the groups (``criterion``: the comparisons
+            within each criterion).
 
     Returns:
         ``{group slug: Table}``.
@@ -257,7 +260,8 @@ def paired_table(df: pd.DataFrame, metric: str = "top1",
     out: dict[str, Table] = {}
     if runs.empty:
         return out
-    for gkey, sel in runs.dropna(subset=["target"]).groupby(GROUP, sort=True):
+    group = GROUP + ([by] if by else [])
+    for gkey, sel in runs.dropna(subset=["target"]).groupby(group, sort=True):
         slug = "_".join(str(k) for k in gkey)
         labels = sorted(sel["label"].unique(), key=method_rank)
         targets, heads = _targets(sel)
@@ -280,7 +284,7 @@ def paired_table(df: pd.DataFrame, metric: str = "top1",
                 cells.loc[i, head] = f"{TIED} {text}" if status == "tied" else text
                 if status == "best":
                     bold.add((i, head))
-                data.append({**dict(zip(GROUP, gkey)), "method": lab, "reference": ref,
+                data.append({**dict(zip(group, gkey)), "method": lab, "reference": ref,
                              "target_sparsity": t if kind == "sparsity" else np.nan,
                              "target_flops_kept": t if kind == "flops" else np.nan,
                              "column": head, "metric": metric, "mean": mean,
@@ -407,3 +411,25 @@ def additivity_table(add: pd.DataFrame) -> Table:
         key="additivity")
 
 
+
+
+def clipping_table(runs: pd.DataFrame) -> Table | None:
+    """The cells where a method left layers dense (0%) or removed them whole (100%): a method
+    whose band leaves [0, 1] is clipped there (AlphaPruning's official mapping does not clamp;
+    OWL and DLP clip at 0.01). None when no run clipped."""
+    if "layers_at_100" not in runs or "layers_at_0" not in runs:
+        return None
+    cols = [c for c in ("model", "dataset", "label", "target") if c in runs]
+    data = runs.groupby(cols, dropna=False)[["layers_at_0", "layers_at_100", "num_layers"]].mean(
+    ).reset_index()
+    data = data[(data["layers_at_0"] > 0) | (data["layers_at_100"] > 0)]
+    if data.empty:
+        return None
+    cells = pd.DataFrame({"Model": data["model"].astype(str), "Method": data["label"].astype(str),
+                          "Target": data["target"].map(lambda t: f"{t:g}%"),
+                          "Layers at 0%": data["layers_at_0"].map(lambda v: f"{v:g}"),
+                          "Layers at 100%": data["layers_at_100"].map(lambda v: f"{v:g}"),
+                          "of": data["num_layers"].map(lambda v: f"{v:g}")})
+    return Table("Layers clipped to 0% or 100% sparsity (mean over runs)", cells, data, notes=[
+        "A layer at 100% is removed entirely (its output is its bias, or zero); at 0% it is kept "
+        "dense. Cells without clipping are not listed."], left=2, key="clipping")

@@ -169,7 +169,8 @@ def summary_metrics(
     metrics["task"] = task.name
     if data_fingerprint is not None:
         metrics["data_fingerprint"] = data_fingerprint
-    for key in ("predicted_distortion", "profile_seconds", "solve_seconds", "budget_type"):
+    for key in ("predicted_distortion", "profile_seconds", "solve_seconds", "budget_type",
+                "layers_at_0", "layers_at_100", "search_forwards", "profile_forwards"):
         if key in last:
             metrics[key] = last[key]
     if "profile_seconds" in last:

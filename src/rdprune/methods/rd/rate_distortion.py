@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from rdprune import cache, keys
+from rdprune.methods.rd.budget import allowed as allowed_points
+from rdprune.methods.rd.budget import costs, forwards, give_back, unit_costs
 from rdprune.methods.rd.distortion import check_reduction
 from rdprune.methods.rd.estimators import Estimator, local_errors
 from rdprune.errors import UserError
-from rdprune.pruning.masks import kept_count, num_pruned
 from rdprune.methods.problem import Allocation, Problem, cached_stage
 from rdprune.tasks import Task
 
@@ -110,32 +111,6 @@ class RateDistortion:
                                                  self.calib_seed)
         return problem.calibration
 
-    def costs(self, problem: Problem, grid: np.ndarray) -> tuple[np.ndarray, float]:
-        """Cost of each (unit, grid point) and the budget, in weights or MACs."""
-        sizes = {k: m.weight.numel() for k, m in problem.layers.items()}
-        kept = {k: np.array([n - num_pruned(n, s) for s in grid], dtype=np.int64)
-                for k, n in sizes.items()}
-        units = self.units(problem)
-        total = sum(sizes.values())
-        if problem.budget == "params":
-            cost = np.stack([sum(kept[k] for k in u) for u in units])
-            return cost, float(total - num_pruned(total, problem.target))
-        if problem.macs is None:
-            raise ValueError("a FLOPs budget needs the layers' MACs (Problem.macs)")
-        cost = np.stack([sum(kept[k] * (problem.macs[k] // sizes[k]) for k in u)
-                         for u in units])
-        dense = float(sum(problem.macs[k] for k in problem.layers))
-        return cost, (1.0 - problem.target) * dense
-
-    def allowed(self, problem: Problem, grid: np.ndarray) -> np.ndarray:
-        """Grid points that do not un-prune any weight (iterative pruning)."""
-        pruned = dict(zip(problem.layers, problem.pruned))
-        return np.array(
-            [[all(num_pruned(problem.layers[k].weight.numel(), s) >= pruned[k] for k in u)
-              for s in grid] for u in self.units(problem)],
-            dtype=bool,
-        )
-
     def curve_store(self, problem: Problem) -> tuple[CurveStore, np.ndarray, torch.Tensor]:
         """The store of this problem's curve set (keyed by everything the curves depend on),
         the grid and the calibration inputs."""
@@ -211,58 +186,12 @@ class RateDistortion:
                 "read-only: point paths.cache_dir (RDPRUNE_CACHE_DIR) at a writable directory")
         wanted = None
         if shard is not None:
-            wanted = shard_layers(self.unit_costs(problem, grid), shards, shard)
+            wanted = shard_layers(unit_costs(problem, self.units(problem), grid), shards, shard)
         rows, measured = profile(store, lambda sink: self.measure(problem, grid, inputs, sink),
                                  wanted)
         if len(rows) < store.num_layers:
             return None, grid, len(measured)
         return store.assemble(rows), grid, len(measured)
-
-    def unit_costs(self, problem: Problem, grid: np.ndarray) -> list[float]:
-        """Relative cost of profiling each unit: the MACs from its first layer to the output
-        (what the fast paths re-run per grid point) x the grid points that need a forward."""
-        from rdprune.pruning.flops import layer_macs
-
-        example = problem.calibration[:1].to(problem.device)
-        macs = problem.macs or layer_macs(problem.model, example, list(problem.layers))
-        names = list(problem.layers)
-        downstream = dict(zip(names, np.cumsum([macs[k] for k in names][::-1])[::-1]))
-        costs = []
-        for unit in self.units(problem):
-            points = set()
-            for k in unit:
-                w = problem.layers[k].weight.detach()
-                zeros = w.numel() - kept_count(w != 0)
-                points |= {j for j, s in enumerate(grid) if num_pruned(w.numel(), s) > zeros}
-            costs.append(float(downstream[unit[0]]) * len(points))
-        return costs
-
-    def exact(self, problem: Problem, grid: np.ndarray, choice: np.ndarray, curves: np.ndarray,
-              cost: np.ndarray, budget: float) -> dict[str, float]:
-        """Per-layer sparsities: the DP's grid points, with the budget they leave unused given
-        back, so the target is met to the weight (a coarse grid or binned costs leave up to
-        ``tol`` of it): weights are restored in the units whose curves fall most steeply one
-        grid step down (distortion saved per unit of cost), never past that step nor below what
-        earlier rounds pruned. The result is off the grid by less than one step per layer."""
-        units = self.units(problem)
-        sizes = {k: m.weight.numel() for k, m in problem.layers.items()}
-        unit_cost = {k: 1 if problem.budget == "params" else problem.macs[k] // sizes[k]
-                     for k in problem.layers}
-        removed = {k: num_pruned(sizes[k], grid[c]) for u, c in zip(units, choice) for k in u}
-        floor = dict(zip(problem.layers, problem.pruned))
-        slack = budget - float(sum(cost[u, c] for u, c in enumerate(choice)))
-        slopes = []
-        for u, c in enumerate(choice):
-            step = cost[u, c - 1] - cost[u, c] if c > 0 else 0
-            if step > 0:
-                slopes.append(((curves[u, c] - curves[u, c - 1]) / step, u))
-        for _, u in sorted(slopes, reverse=True):
-            for k in units[u]:
-                room = removed[k] - max(floor[k], num_pruned(sizes[k], grid[choice[u] - 1]))
-                back = max(0, min(room, int(slack // unit_cost[k])))
-                removed[k] -= back
-                slack -= back * unit_cost[k]
-        return {k: removed[k] / sizes[k] for k in problem.layers}
 
     def allocate(self, problem: Problem) -> Allocation:
         from rdprune.methods.rd.dp import solve
@@ -271,8 +200,9 @@ class RateDistortion:
         log.info("RD curves %s (%.1fs)", f"profiled ({measured} rows here)" if measured
                  else "loaded from cache", prof["seconds"])
         curves = prof["curves"]
-        cost, budget = self.costs(problem, grid)
-        allowed = self.allowed(problem, grid)
+        units = self.units(problem)
+        cost, budget = costs(problem, units, grid)
+        allowed = allowed_points(problem, units, grid)
         skey = keys.key("solve", {"tol": self.tol}, curves=curves, cost=cost, budget=budget,
                         allowed=allowed)
 
@@ -284,9 +214,13 @@ class RateDistortion:
         sol, _ = cached_stage(problem.cache_dir, "solve", skey, optimise)
         choice = np.asarray(sol["choice"])
         rows = np.arange(len(choice))
-        per_layer = self.exact(problem, grid, choice, curves, cost, budget)
+        per_layer = give_back(problem, units, grid, choice, curves, cost, budget)
         info = {
             "profile_seconds": prof["seconds"],
+            "profile_forwards": forwards(
+                problem, units, int(np.sum(self.estimator.measured(grid) > 0)),
+                self.estimator.inputs(problem.calibration).numel() / problem.calibration.numel(),
+                self.estimator.kind == "local"),
             "solve_seconds": sol["seconds"],
             "predicted_distortion": float(curves[rows, choice].sum()),
             "budget_type": problem.budget,
