@@ -147,3 +147,29 @@ def test_bad_input_is_one_line(model, call, match):
     with pytest.raises(UserError, match=match) as info:
         call(model, torch.randn(4, 3, 16, 16))
     assert "\n" not in str(info.value)
+
+
+def test_a_users_vit_gets_a_warning_with_the_attention_weights_it_leaves_dense(caplog):
+    """torchvision's ViT runs nn.MultiheadAttention, a fused kernel no prunable layer is called
+    in: allocate says how many weights that leaves dense, and how to prune them too."""
+    import logging
+
+    import torchvision
+
+    from rdprune.models.attention import unfuse_attention
+
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=2,
+                                               num_heads=4, hidden_dim=64, mlp_dim=128,
+                                               num_classes=10)  # vit_b_16's class, small
+    x = torch.randn(4, 3, 32, 32)
+    with caplog.at_level(logging.WARNING, logger="rdprune.api"):
+        s = rdprune.allocate(vit, calib=x, sparsity=0.5, method="uniform", progress=False)
+    fused = 2 * (3 * 64 * 64 + 64 * 64)  # in_proj and out_proj of 2 blocks
+    assert f"2 nn.MultiheadAttention modules keep their {fused:,} weights dense" in caplog.text
+    assert "unfuse_attention" in caplog.text
+    caplog.clear()
+    assert unfuse_attention(vit) == 2
+    with caplog.at_level(logging.WARNING, logger="rdprune.api"):
+        unfused = rdprune.allocate(vit, calib=x, sparsity=0.5, method="uniform", progress=False)
+    assert "MultiheadAttention" not in caplog.text and len(unfused) == len(s) + 4

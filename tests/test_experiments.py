@@ -90,3 +90,27 @@ def test_declared_sweeps_set_up(name, tmp_path):
             if isinstance(arrived, DictConfig):  # a group: the option's config, named by it
                 arrived = arrived.name
             assert str(arrived) == value, (key, value, arrived)
+
+
+def test_the_sharding_example_of_the_docs_launches_one_job_per_shard():
+    """docs/slurm.md's job-array command on top of its experiment's own sweep: 4 jobs, all
+    profiling shards (the experiment's 5 methods x 3 seeds pinned by the command)."""
+    import re
+    import shlex
+
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    text = (CONF.parent / "docs" / "slurm.md").read_text()
+    command = re.search(r"python run\.py -m launcher=slurm ([^#`]*?rd\.shards[^#]*?)# one array",
+                        text, re.S)
+    args = [a for a in shlex.split(command.group(1).replace("\\\n", " "))
+            if "=" in a and not a.startswith(("hydra.", "launcher"))]
+    experiment = next(a.split("=")[1] for a in args if a.startswith("experiment="))
+    params = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").hydra.sweeper.params
+    sweep = [f"{k}={v}" for k, v in params.items()] + [a for a in args if not
+                                                       a.startswith("experiment=")]
+    jobs = [j for b in BasicSweeper.split_arguments(
+        OverridesParser.create().parse_overrides(sweep), None) for j in b]
+    assert len(jobs) == 4 and all("method=ours" in j for j in jobs)

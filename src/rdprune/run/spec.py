@@ -202,6 +202,7 @@ def record(cfg: DictConfig) -> dict[str, Any]:
 
     Returns:
         ``model``, ``dataset``, ``method``, ``options`` (:func:`method_options`), ``criterion``,
+        ``sequential`` (``prune.sequential``),
         ``schedule``, ``finetune``, ``experiment``, ``seed``, ``target_sparsity`` or
         ``target_flops_kept`` (the other None), ``precision`` and ``config_id``.
     """
@@ -209,6 +210,7 @@ def record(cfg: DictConfig) -> dict[str, Any]:
     return {
         "model": cfg.model_name, "dataset": cfg.dataset.name, "method": cfg.method.name,
         "options": method_options(cfg), "criterion": cfg.prune.criterion,
+        "sequential": bool(cfg.prune.get("sequential", True)),
         "schedule": cfg.schedule.name, "finetune": cfg.finetune.name, "experiment": cfg.name,
         "seed": cfg.seed, "target_sparsity": None if flops else float(cfg.sparsity),
         "target_flops_kept": float(cfg.flops_kept) if flops else None,
