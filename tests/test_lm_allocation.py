@@ -436,3 +436,32 @@ def test_registry_shares_one_signature(name, s):
     assert all(torch.equal(a, b) for a, b in zip(weights, before))
     with pytest.raises(ValueError):
         LM_BASELINES[name](weights, 1.0, blocks=blocks, **HYPER[name](scores, 0.5))
+
+
+# --- DLP ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("s, alpha", [(0.5, 0.15), (0.7, 0.15), (0.6, 0.05)])
+def test_dlp_is_the_official_mapping_on_equal_blocks(s, alpha):
+    """ironartisan/DLP get_dlp_ratios, written out: s_l = mean of the block's Wanda scores,
+    u = 1 - s / sum(s), density = minmax(u) * 2 alpha - mean(minmax(u) * 2 alpha) + (1 - S)."""
+    weights, blocks, scores = make("llama")
+    result = dlp(weights, s, blocks=blocks, scores=scores, alpha=alpha)
+    check_target(weights, result, s)
+    means = np.array([torch.cat([sc.flatten().double() for sc, b in zip(scores, blocks)
+                                 if b == k]).mean().item() for k in range(max(blocks) + 1)])
+    u = 1 - means / means.sum()
+    scaled = (u - u.min()) / (u.max() - u.min()) * 2 * alpha
+    density = scaled - scaled.mean() + (1 - s)
+    assert per_block(result, blocks) == pytest.approx(list(1 - density), abs=1e-12)
+    # a higher mean score, more pruning
+    assert np.argsort(per_block(result, blocks)).tolist() == np.argsort(means).tolist()
+
+
+def test_dlp_clips_and_resolves_the_shift_so_the_target_holds():
+    weights, blocks, scores = make("unequal")
+    result = dlp(weights, 0.95, blocks=blocks, scores=scores, alpha=0.15)
+    check_target(weights, result, 0.95)
+    assert max(result) == 1.0  # clipped at 100%, the rest raised to keep the mean
+    flat = dlp(weights, 0.6, blocks=blocks, scores=[torch.ones_like(w) for w in weights])
+    assert flat == [0.6] * len(weights)  # equal scores: uniform
