@@ -102,8 +102,8 @@ def label(rec: dict[str, Any]) -> str:
     parts += estimator_label(options)
     if rec.get("criterion", "magnitude") != "magnitude":
         parts.append(str(rec["criterion"]))
-        if rec.get("sequential") is False and rec.get("task") != "image_classification":
-            parts.append("dense inputs")  # not the sequential protocol
+        if rec.get("sequential") is False:
+            parts.append("dense inputs")  # not the sequential protocol of the LLM papers
     if rec.get("target_flops_kept") is not None:
         parts.append("FLOPs target")
     method = str(rec.get("method"))
