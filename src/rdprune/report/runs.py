@@ -104,6 +104,8 @@ def label(rec: dict[str, Any]) -> str:
         parts.append(str(rec["criterion"]))
         if rec.get("sequential") is False:
             parts.append("dense inputs")  # not the sequential protocol of the LLM papers
+    if rec.get("dtype") not in (None, "auto", "float32"):
+        parts.append(str(rec["dtype"]))
     if rec.get("target_flops_kept") is not None:
         parts.append("FLOPs target")
     method = str(rec.get("method"))

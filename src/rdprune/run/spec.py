@@ -211,6 +211,7 @@ def record(cfg: DictConfig) -> dict[str, Any]:
         "model": cfg.model_name, "dataset": cfg.dataset.name, "method": cfg.method.name,
         "options": method_options(cfg), "criterion": cfg.prune.criterion,
         "sequential": bool(cfg.prune.get("sequential", True)),
+        "dtype": OmegaConf.select(cfg, "model.dtype", default=None),
         "schedule": cfg.schedule.name, "finetune": cfg.finetune.name, "experiment": cfg.name,
         "seed": cfg.seed, "target_sparsity": None if flops else float(cfg.sparsity),
         "target_flops_kept": float(cfg.flops_kept) if flops else None,
