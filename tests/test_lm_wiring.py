@@ -305,3 +305,19 @@ def test_a_model_under_accelerate_hooks_prunes_as_the_plain_model():
     offloaded = cpu_offload(copy.deepcopy(plain), execution_device="cpu")
     with pytest.raises(UserError, match="offloaded"):
         rdprune.allocate(offloaded, calib=ids, sparsity=0.5, method="uniform", progress=False)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.config.num_attention_heads=5", "model.config is not a llama model"),
+    ("model.config.model_type=no_such_model", "model.config is not a no_such_model model"),
+    ("dataset.calib_len=64", "dataset.calib_len=64 exceeds dataset.seq_len=32"),
+    ("dataset.eval_tokens=16", "fewer than one window of dataset.seq_len=32"),
+    ("model.dtype=float8", "model.dtype must be auto, float32, bfloat16, float16"),
+])
+def test_every_lm_key_is_checked_before_the_dense_lm_trains(tmp_path, override, message):
+    """On an empty cache, a bad setting of the LM path stops the run in one line before any
+    training: the cache holds no dense model (nor a partial one) afterwards."""
+    with pytest.raises(UserError, match=message) as e:
+        run_lm(tmp_path, override)
+    assert "\n" not in str(e.value)
+    assert not list((tmp_path / "cache").glob("dense/*"))

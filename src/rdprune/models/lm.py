@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rdprune.errors import UserError
+from rdprune.errors import UserError, one_line
 from rdprune.models.moe import unfuse_experts
 from rdprune.pruning.layers import linear_types
 
@@ -227,9 +227,14 @@ def causal_lm(*, name: str | None, weights: str | None, config: Mapping[str, Any
             raise UserError("model.config needs a model_type (e.g. llama) when model.name is "
                             "null")
         spec = dict(config)
-        cfg = AutoConfig.for_model(spec.pop("model_type"), vocab_size=vocab_size,
-                                   max_position_embeddings=seq_len, **spec)
-        hf = AutoModelForCausalLM.from_config(cfg)
+        kind = spec.pop("model_type")
+        try:
+            cfg = AutoConfig.for_model(kind, vocab_size=vocab_size,
+                                       max_position_embeddings=seq_len, **spec)
+            hf = AutoModelForCausalLM.from_config(cfg)
+        except Exception as e:  # noqa: BLE001 - transformers' validators raise many types
+            raise UserError(f"model.config is not a {kind} model transformers can build "
+                            f"({one_line(e)})") from None
         target = DTYPES.get(dtype, torch.float32)
     else:
         where, local = locate(name, "model.name")
