@@ -35,7 +35,8 @@ COUNTS = {
 }
 
 #: the image models (a language model, hf_lm, runs on dataset=text: tests/test_lm.py)
-IMAGE_MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if p.stem != "hf_lm")
+IMAGE_MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml")
+                      if not p.stem.startswith("hf_lm"))
 
 
 @functools.cache

@@ -27,6 +27,9 @@ split longer than ``calib_len`` (Wanda ``lib/data.py::get_c4``: 128 crops of 204
 (remainder dropped, at most ``eval_tokens`` tokens), perplexity = exp of the mean NLL over every
 predicted position (the first token of a window is never predicted), as Wanda's
 ``lib/eval.py::eval_ppl_wikitext``; also the next-token top-1.
+
+(Over 300 lines: the corpora, tokenizers, windows, calibration and evaluation of one dataset,
+and the up-front checks of their settings, read together.)
 """
 
 from __future__ import annotations

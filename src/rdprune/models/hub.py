@@ -4,6 +4,7 @@ Names are validated against each library's list before anything is built; an unk
 pretrained weights that cannot be fetched (offline machine), is a one-line
 :class:`~rdprune.errors.UserError` that says how to fix it. torchvision is limited to its
 classification models (``torchvision.models.list_models(module=torchvision.models)``).
+(Just over 300 lines: torchvision and timm side by side, each with its offline error.)
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ command. Statistics: mean over seeds, std with ddof=1, no ± for a single seed. 
 and seed appear twice (a re-run), only the newest run counts (``superseded`` in ``runs.csv``);
 cells that average runs of different configs are named in README.md.
 
-About 360 lines: the paper table (with its published, dense and protocol columns) and the
+About 390 lines: the paper table (with its published, dense and protocol columns) and the
 command that writes everything; the other tables are in :mod:`rdprune.report.tables`.
 """
 

@@ -5,6 +5,9 @@ Builders here: methods x targets (:func:`baseline_table`), each method against a
 over paired runs (:func:`paired_table`, statistics in :mod:`rdprune.report.stats`), per-layer sparsities
 (:func:`layer_table`), iterative rounds (:func:`rounds_table`) and additivity; the paper-layout
 table, which sets runs beside the published numbers, is :func:`rdprune.report.build.paper_table`.
+
+(Over 300 lines: every report table shares the cell format, the tie rule and the rendering to
+Markdown, LaTeX and CSV; one module keeps them alike.)
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ optimizers are built on a dummy parameter, the learning-rate schedule is stepped
 device and ``devices`` are resolved against this machine, the cache directory is probed with a
 real write, a checkpoint is loaded, and the model is run on one input (a too-small input names
 the smallest size that works). A cached stage can therefore never hide a bad setting. Legal but
-unreasonable values only warn.
+unreasonable values only warn. (Over 300 lines: one check per setting, all in one place.)
 """
 
 from __future__ import annotations
