@@ -37,15 +37,22 @@ ROOT = Path(__file__).resolve().parents[1]
 #: estimator label -> rd.* settings (tokens as a fraction of the calibration set's)
 ESTIMATORS = {
     "exact": {},
+    "exact, 1/2 tokens": {"tokens": 0.5},
     "exact, 1/4 tokens": {"tokens": 0.25},
     "exact, 1/8 tokens": {"tokens": 0.125},
+    "exact, 1/16 tokens": {"tokens": 0.0625},
+    "exact, 17 points": {"points": 17},
     "exact, 9 points": {"points": 9},
     "exact, 5 points": {"points": 5},
+    "exact, 3 points": {"points": 3},
     "exact, bfloat16": {"precision": "bfloat16"},
+    "local, 1 anchor": {"estimator": "local", "points": 1},
     "local, 2 anchors": {"estimator": "local"},
     "local, 3 anchors": {"estimator": "local", "points": 3},
-    "local, 1 anchor": {"estimator": "local", "points": 1},
-    "local, 2 anchors, 1/4 tokens": {"estimator": "local", "tokens": 0.25},
+    "local, 4 anchors": {"estimator": "local", "points": 4},
+    "local, 2 anchors, 1/4 tokens (LM default)": {"estimator": "local", "tokens": 0.25},
+    "local, 2 anchors, 1/8 tokens": {"estimator": "local", "tokens": 0.125},
+    "local, 3 anchors, 1/4 tokens": {"estimator": "local", "points": 3, "tokens": 0.25},
     "local, 2 anchors, 1/4 tokens, bfloat16": {"estimator": "local", "tokens": 0.25,
                                                "precision": "bfloat16"},
 }
@@ -74,7 +81,9 @@ def measure(cfg, prob, settings: dict) -> tuple[np.ndarray, float, float]:
     options = {k: v for k, v in cfg.rd.items() if k not in ("shards", "shard")}
     settings = dict(settings)
     if isinstance(settings.get("tokens"), float):  # a fraction of the calibration tokens
-        settings["tokens"] = max(1, int(settings["tokens"] * prob.calibration.numel()))
+        calib = prob.calibration  # (token ids [N, T]; images [N, C, H, W]: samples)
+        total = len(calib) if calib.is_floating_point() else calib.numel()
+        settings["tokens"] = max(1, int(settings["tokens"] * total))
     rd = method(cfg.method.name if cfg.method.name.startswith("ours") else "ours",
                 options={**options, **settings})
     grid = np.linspace(0.0, 1.0, rd.grid_points)
@@ -109,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
              f"# {cfg.model_name} on {cfg.dataset.name}: {len(run.layers)} prunable layers, "
              f"calibration {tuple(prob.calibration.shape)}, criterion {cfg.prune.criterion}, "
              f"grid {cfg.rd.grid_points} points, {torch.get_num_threads()} threads",
-             f"{'estimator':<40}{'GFLOP':>10}{'x fewer':>9}{'seconds':>9}{'x faster':>9}"
+             f"{'estimator':<44}{'GFLOP':>10}{'x fewer':>9}{'seconds':>9}{'x faster':>9}"
              f"{'Spearman':>10}{'rel.err':>9}{'worst':>8}"]
     grid = np.linspace(0.0, 1.0, int(cfg.rd.grid_points))
     exact = None
@@ -118,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         if exact is None:
             exact, base_flops, base_seconds = curves, flops, seconds
         rho, rel, worst = compare(curves, exact, grid)
-        lines.append(f"{label:<40}{flops / 1e9:>10.2f}{base_flops / flops:>9.1f}"
+        lines.append(f"{label:<44}{flops / 1e9:>10.2f}{base_flops / flops:>9.1f}"
                      f"{seconds:>9.2f}{base_seconds / seconds:>9.1f}{rho:>10.3f}{rel:>9.3f}"
                      f"{worst:>8.3f}")
         print(lines[-1], flush=True)

@@ -12,7 +12,7 @@ reports and in which direction, and how it is exported. Two implementations:
   :class:`rdprune.models.lm.CausalLM` (the linears of its decoder blocks; perplexity).
 
 A third task (a masked LM, a speech model) is one more module with a :class:`Task` subclass, listed
-in :data:`TASKS` before the catch-all image task.
+in :func:`tasks` before the catch-all image task.
 """
 
 from __future__ import annotations
@@ -35,7 +35,11 @@ class Task(ABC):
     Attributes:
         name: recorded in ``metrics.json`` as ``task``.
         metrics: the metrics the task reports, headline first: ``{name: higher is better}``.
-        data_kind: the kind of data it runs on (a dataset's ``Splits.task``).
+        token_distributions: its outputs are next-token distributions (EvoPress's KL).
+        model_factories, data_factories: the ``_target_`` of the model and dataset configs
+            that build its models and data (checked against each other before anything is
+            built; a dataset's ``Splits.task`` names its task once built).
+        model_keys: model factory arguments the pipeline supplies from the data.
     """
 
     name: ClassVar[str]
