@@ -99,11 +99,11 @@ def label(rec: dict[str, Any]) -> str:
     parts, options = [], rec.get("options") or {}
     if options.get("reduction") == "mean":
         parts.append("mean distortion")
-    parts += estimator_label(options)
     if rec.get("criterion", "magnitude") != "magnitude":
         parts.append(str(rec["criterion"]))
         if rec.get("sequential") is False:
             parts.append("dense inputs")  # not the sequential protocol of the LLM papers
+    parts += estimator_label(options)
     if rec.get("dtype") not in (None, "auto", "float32"):
         parts.append(str(rec["dtype"]))
     if rec.get("target_flops_kept") is not None:
