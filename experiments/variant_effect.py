@@ -20,12 +20,25 @@ from rdprune.report.runs import collect, complete, method_rank
 from rdprune.report.stats import compare
 
 
-def strip(label: str, variant: str) -> str:
-    """The label without ``variant`` among its parts (``owl (wanda, dense inputs)`` ->
-    ``owl (wanda)``)."""
+def parts(label: str) -> tuple[str, list[str]]:
+    """A label's method and its variant parts (``owl (wanda, dense inputs)``)."""
     base, _, rest = label.partition(" (")
-    parts = [p for p in rest.rstrip(")").split(", ") if p and p != variant]
-    return f"{base} ({', '.join(parts)})" if parts else base
+    return base, [p for p in rest.rstrip(")").split(", ") if p]
+
+
+def strip(label: str, variant: str) -> str:
+    """The label without the parts of ``variant`` (comma-separated: ``owl (wanda, dense
+    inputs)`` -> ``owl (wanda)``; ``ours (wanda, local, 1024 tokens)`` without ``local, 1024
+    tokens`` -> ``ours (wanda)``)."""
+    drop = set(variant.split(", "))
+    base, rest = parts(label)
+    kept = [p for p in rest if p not in drop]
+    return f"{base} ({', '.join(kept)})" if kept else base
+
+
+def has(label: str, variant: str) -> bool:
+    """Whether the label carries every part of ``variant`` (and no part beyond the others')."""
+    return set(variant.split(", ")) <= set(parts(label)[1])
 
 
 def effect(runs: pd.DataFrame, variant: str, metric: str) -> pd.DataFrame:
@@ -33,15 +46,18 @@ def effect(runs: pd.DataFrame, variant: str, metric: str) -> pd.DataFrame:
     difference variant - without."""
     rows = []
     runs = complete(runs)
-    with_variant = runs[runs["label"].str.contains(variant, regex=False)]
+    with_variant = runs[runs["label"].map(lambda lab: has(lab, variant))]
     for (model, label, target), g in with_variant.groupby(["model", "label", "target"]):
         base = strip(label, variant)
+        if len(parts(label)[1]) - len(parts(base)[1]) != len(variant.split(", ")) or \
+                not (runs["label"] == base).any():
+            continue  # another comparison (it carries more variant parts), or no base runs
         column = runs[(runs["model"] == model) & (runs["target"] == target)
                       & runs["label"].isin([label, base])]
         iv = compare(column, label, base, metric)
         rows.append({"model": model, "label": base, "target": target,
                      metric: column[column.label == base][metric].mean(),
-                     f"{metric} ({variant})": g[metric].mean(), "difference": iv.mean,
+                     f"{metric} ({variant})": g[metric].mean(), "difference": iv.diff,
                      "low": iv.low, "high": iv.high, "pairs": iv.pairs})
     out = pd.DataFrame(rows)
     if out.empty:

@@ -245,7 +245,8 @@ def test_an_exported_model_is_a_hub_model_with_its_own_tokenizer_and_dtype(tmp_p
     again, _ = run_lm(tmp_path, f"model.name={export}", "model.weights=pretrained",
                       "dataset.tokenizer=auto", "method=uniform", "sparsity=0.5",
                       "recipe.dense_steps=0", out="again")
-    assert again["dense_perplexity"] == pytest.approx(first["perplexity"], rel=1e-6)
+    # (within bfloat16 rounding: from_pretrained may pick another attention kernel)
+    assert again["dense_perplexity"] == pytest.approx(first["perplexity"], rel=1e-3)
     with pytest.raises(UserError, match="reads .* own token ids.*dataset.tokenizer=bpe"):
         run_lm(tmp_path, f"model.name={export}", "model.weights=pretrained",
                "recipe.dense_steps=0", "dataset.tokenizer=bpe", out="bpe")

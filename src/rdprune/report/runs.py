@@ -118,9 +118,12 @@ def estimator_label(options: dict[str, Any]) -> list[str]:
     parts = []
     if options.get("estimator", "exact") != "exact":
         parts.append(str(options["estimator"]))
-    for key, unit in (("points", "points"), ("tokens", "tokens")):
-        if options.get(key) is not None:
-            parts.append(f"{options[key]} {unit}")
+    if options.get("points") is not None:
+        parts.append(f"{options['points']} points")
+    tokens = options.get("tokens")
+    if tokens is not None:
+        parts.append(f"{tokens:g} of the tokens" if isinstance(tokens, float) else
+                     f"{tokens} tokens")
     if options.get("precision") is not None:
         parts.append(str(options["precision"]))
     return parts

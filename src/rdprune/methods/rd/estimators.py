@@ -53,7 +53,8 @@ class Estimator:
         kind: ``exact`` or ``local``.
         points: exact grid points per unit (``exact``: None = all; ``local``: the anchors,
             None = 2).
-        tokens: calibration tokens (samples) of the exact measurements (None: all).
+        tokens: calibration tokens (samples) of the exact measurements: a count, or a fraction
+            of them in (0, 1] (None: all).
         precision: the exact measurements' dtype (None: the model's).
     """
 
@@ -66,10 +67,14 @@ class Estimator:
         if self.kind not in ESTIMATORS:
             raise UserError(f"rd.estimator must be one of {', '.join(ESTIMATORS)}, got "
                             f"{self.kind!r}")
-        for key, value in (("points", self.points), ("tokens", self.tokens)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
-                raise UserError(f"rd.{key} must be null or a positive integer, got {value!r}")
+        if self.points is not None and (isinstance(self.points, bool) or
+                                        not isinstance(self.points, int) or self.points < 1):
+            raise UserError(f"rd.points must be null or a positive integer, got {self.points!r}")
+        t = self.tokens
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0
+                              or (isinstance(t, float) and t > 1)):
+            raise UserError(f"rd.tokens must be null, a count of tokens (an integer >= 1) or a "
+                            f"fraction of the calibration tokens in (0, 1], got {t!r}")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise UserError(f"rd.precision must be null or one of {', '.join(PRECISIONS)}, got "
                             f"{self.precision!r}")
@@ -91,12 +96,16 @@ class Estimator:
         return np.array(sorted(picked))
 
     def inputs(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The calibration inputs of the exact measurements (the first ``tokens``)."""
+        """The calibration inputs of the exact measurements: the first ``tokens`` (whole
+        sequences of a language model; samples of an image model), or that fraction of them."""
         if self.tokens is None:
             return inputs
-        per = int(np.prod(inputs.shape[1:])) if not inputs.is_floating_point() else 1
-        n = max(1, min(len(inputs), math.ceil(self.tokens / per)))
-        return inputs[:n]
+        if isinstance(self.tokens, float):
+            n = math.ceil(self.tokens * len(inputs))
+        else:
+            per = int(np.prod(inputs.shape[1:])) if not inputs.is_floating_point() else 1
+            n = math.ceil(self.tokens / per)
+        return inputs[:max(1, min(len(inputs), n))]
 
     def model(self, model: nn.Module, layers: dict[str, nn.Module]
               ) -> tuple[nn.Module, dict[str, nn.Module]]:
