@@ -97,7 +97,10 @@ class Estimator:
 
     def inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         """The calibration inputs of the exact measurements: the first ``tokens`` (whole
-        sequences of a language model; samples of an image model), or that fraction of them."""
+        sequences of a language model; samples of an image model), or that fraction of them;
+        images in ``precision``."""
+        if self.precision is not None and inputs.is_floating_point():
+            inputs = inputs.to(PRECISIONS[self.precision])
         if self.tokens is None:
             return inputs
         if isinstance(self.tokens, float):
@@ -153,28 +156,65 @@ def gain_scaled(grid: np.ndarray, anchors: np.ndarray, exact: np.ndarray, local:
     return out
 
 
+def input_grams(model: nn.Module, layers: dict[str, nn.Module], inputs: torch.Tensor,
+                batch_size: int) -> dict[str, torch.Tensor]:
+    """Per layer, the Gram matrix of what its weight multiplies, summed over the calibration set
+    in float64: ``[groups, d, d]``, one block per group of a convolution (``d`` = in channels
+    per group x kernel area, the unfolded patches), one of ``d = d_in`` for a linear layer."""
+    import torch.nn.functional as F
+
+    sums: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def record(module, args):
+            x = args[0].detach()
+            if isinstance(module, nn.Conv2d):
+                cols = F.unfold(x, module.kernel_size, module.dilation, module.padding,
+                                module.stride)  # [B, C_in k k, L]
+                g = module.groups
+                rows = cols.transpose(1, 2).reshape(-1, g, cols.shape[1] // g).double()
+            else:
+                rows = x.reshape(-1, 1, x.shape[-1]).double()
+            part = torch.einsum("ngi,ngj->gij", rows, rows)
+            sums[name] = sums[name] + part if name in sums else part
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(inputs), batch_size):
+                model(inputs[start:start + batch_size].to(device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return sums
+
+
 def local_errors(model: nn.Module, layers: dict[str, nn.Module], units: Sequence[Sequence[str]],
-                 grid: np.ndarray, criterion: Any, inputs: torch.Tensor, batch_size: int,
-                 pruned_weights: Callable | None = None) -> np.ndarray:
+                 grid: np.ndarray, criterion: Any, inputs: torch.Tensor, batch_size: int
+                 ) -> np.ndarray:
     """``[units, grid]``: each unit's summed ``tr(dW G dW^T)`` (module docstring), from one
-    forward collecting every layer's input Gram matrix."""
+    forward collecting every layer's input Gram matrix (:func:`input_grams`)."""
     from rdprune.pruning.layers import out_in
     from rdprune.pruning.masks import num_pruned
-    from rdprune.pruning.statistics import input_statistics
 
-    hessians = input_statistics(model, layers, inputs, "hessian", batch_size=batch_size)
+    grams = input_grams(model, layers, inputs, batch_size)
     out = np.zeros((len(units), len(grid)), dtype=np.float64)
     for ui, unit in enumerate(units):
         for name in unit:
             module = layers[name]
             w = out_in(module).detach().double()
-            g = hessians[name].to(w.device).double()
+            g = grams[name].to(w.device)  # [groups, d, d]
+            groups = g.shape[0]
             counts = [num_pruned(w.numel(), float(s)) for s in grid]
             todo = sorted(set(counts))
-            weights = criterion.pruned_weights(name, module, todo)
             err = {}
-            for k, (new, _) in zip(todo, weights):
-                d = out_in(module, new).double() - w
-                err[k] = float(((d @ g) * d).sum())
+            for k, (new, _) in zip(todo, criterion.pruned_weights(name, module, todo)):
+                d = (out_in(module, new).double() - w).reshape(groups, w.shape[0] // groups, -1)
+                err[k] = float(torch.einsum("goi,gij,goj->", d, g, d))
             out[ui] += [err[k] for k in counts]
     return out
