@@ -41,7 +41,7 @@ def _job_dir(path, record, failed: str | None = None):
 
 def make_run(path, *, method, sparsity, seed, top1, dense, model="resnet32", dataset="digits",
              schedule="oneshot", distortion=0.1, achieved=None, flops=0.1, curves=False,
-             experiment="sweep", rounds=None):
+             experiment="sweep", rounds=None, dense_key=None):
     """A complete fake run: .hydra/, metrics.json, layers.csv (and rd_curves.npz, rounds.csv)."""
     (path / ".hydra").mkdir(parents=True)
     kept = KEPT.get(method, [max(1, round(n * (1 - sparsity))) for n in SIZES])
@@ -55,7 +55,7 @@ def make_run(path, *, method, sparsity, seed, top1, dense, model="resnet32", dat
         "dense_top1": dense, "pruned_top1": top1 - 20, "top1": top1,
         "joint_distortion_mean": distortion / 10, "joint_distortion_worst": distortion,
         "num_layers": 4, "num_weights": sum(SIZES), "kept_weights": sum(kept),
-        "dense_key": f"dense-{seed}", "protocol": {"protocol": "none", "differences": []},
+        "dense_key": dense_key or f"dense-{seed}", "protocol": {"protocol": "none", "differences": []},
         "rounds": rounds or [{"round": 1}], "seconds": {"dense": 1.0, "allocate": 0.5},
         "wall_seconds": 3.0, "some_future_key": "ignored gracefully", "nested_future": {"a": 1},
     }
@@ -126,6 +126,19 @@ def lines_of(markdown: str, title: str) -> list[str]:
     """The table lines of the Markdown section ``title``."""
     section = markdown.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
     return [ln for ln in section.splitlines() if ln.startswith("|")]
+
+
+def test_runs_of_several_dense_models_are_replicates_not_reruns(tmp_path):
+    """One config and seed on two dense models (an experiment's ``replicate``): both count; a
+    later run on one of them supersedes only that one's older run."""
+    for i, (dense, top1) in enumerate([("d0", 50.0), ("d1", 60.0), ("d0", 55.0)]):
+        make_run(tmp_path / "runs" / f"r{i}", method="ours", sparsity=0.5, seed=0, top1=top1,
+                 dense=97.0, dense_key=dense)
+        os.utime(tmp_path / "runs" / f"r{i}" / "metrics.json", (1e9 + i, 1e9 + i))
+    runs, _ = report.collect([tmp_path])
+    kept = runs[~runs.superseded]
+    assert sorted(zip(kept.dense_key, kept.top1)) == [("d0", 55.0), ("d1", 60.0)]
+    assert runs.loc[runs.superseded, "top1"].tolist() == [50.0]
 
 
 def test_collect_counts_runs_failed_incomplete_and_duplicates(logs):

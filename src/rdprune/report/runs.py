@@ -178,8 +178,8 @@ def collect(dirs: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[
     Returns:
         ``(runs, failed)``: one row per complete run (metrics.json's scalar fields, ``options``
         as JSON text, ``target`` in % and ``target_kind``, ``label``, ``protocol`` and
-        ``protocol_differences``, ``superseded`` = an older run of the same ``config_id``, cell
-        and seed, ``run_dir``); and one dict per failed or incomplete job (``path``,
+        ``protocol_differences``, ``superseded`` = an older run of the same ``config_id``, cell,
+        seed and dense model, ``run_dir``); and one dict per failed or incomplete job (``path``,
         ``status``, ``message``, and its record and cell fields where ``run.json`` tells them).
     """
     run_dirs, bad_dirs, _ = _scan(dirs)
@@ -212,10 +212,11 @@ def collect(dirs: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[
         return df, failed
     for d in df.loc[df["target"].isna(), "run_dir"]:
         log.warning("%s: no target (sparsity or FLOPs) in metrics.json; left out of tables", d)
-    # a re-run of the same config and seed supersedes the older; different configs in one cell
-    # are both kept (and flagged in README.md)
-    newest = df.sort_values("mtime").groupby(CELL + ["seed", "config_id"], dropna=False) \
-        .tail(1).index
+    # a re-run of the same config, seed and dense model supersedes the older (several dense
+    # models of one config are replicates, not re-runs); different configs in one cell are both
+    # kept (and flagged in README.md)
+    same = CELL + ["seed", "config_id"] + (["dense_key"] if "dense_key" in df else [])
+    newest = df.sort_values("mtime").groupby(same, dropna=False).tail(1).index
     df["superseded"] = ~df.index.isin(newest)
     # config columns first: what W&B tables and spreadsheets group by
     front = [c for c in [*CELL, "method", "criterion", "seed", "experiment", "target_sparsity",
