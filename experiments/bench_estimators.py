@@ -50,9 +50,11 @@ ESTIMATORS = {
     "local, 2 anchors": {"estimator": "local"},
     "local, 3 anchors": {"estimator": "local", "points": 3},
     "local, 4 anchors": {"estimator": "local", "points": 4},
-    "local, 2 anchors, 1/4 tokens (LM default)": {"estimator": "local", "tokens": 0.25},
+    "local, 2 anchors, 1/4 tokens": {"estimator": "local", "tokens": 0.25},
     "local, 2 anchors, 1/8 tokens": {"estimator": "local", "tokens": 0.125},
     "local, 3 anchors, 1/4 tokens": {"estimator": "local", "points": 3, "tokens": 0.25},
+    "local, 3 anchors, 1/8 tokens (LM default)": {"estimator": "local", "points": 3,
+                                                  "tokens": 0.125},
     "local, 2 anchors, 1/4 tokens, bfloat16": {"estimator": "local", "tokens": 0.25,
                                                "precision": "bfloat16"},
 }

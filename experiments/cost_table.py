@@ -10,9 +10,10 @@ attention scores at context T (4 x T x hidden per block); calibration 128 x 2048
 Estimators (``rd.estimator``; :mod:`rdprune.methods.rd.estimators`):
 
 - exact, every one of G grid points: each layer's downstream share of a forward per point;
-- local (the language models' default: 2 gain anchors on a quarter of the tokens): one reference
-  forward, one Gram forward, 2 anchors x each layer's downstream share x 1/4, plus the closed-form
-  layer errors ``tr(dW G dW^T)`` at every grid point (2 d_out d_in^2 FLOPs per layer per point).
+- local (the language models' default, read from ``conf/model/hf_lm.yaml``: k gain anchors on a
+  fraction f of the tokens): one reference forward, one Gram forward, k anchors x each layer's
+  downstream share x f, plus the closed-form layer errors ``tr(dW G dW^T)`` at every grid point
+  (2 d_out d_in^2 FLOPs per layer per point).
 
     python experiments/cost_table.py            # -> the table of docs/language-models.md
 """
@@ -23,8 +24,21 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS, T, GRID = 128 * 2048, 2048, 101
+
+
+def local_default() -> tuple[int, float]:
+    """(anchors, token fraction) of the language models' default estimator."""
+    rd = OmegaConf.load(ROOT / "conf" / "model" / "hf_lm.yaml").rd
+    assert rd.estimator == "local" and isinstance(rd.tokens, float), rd
+    points = rd.get("points")  # null or absent: the estimator's 2
+    return (2 if points is None else int(points)), float(rd.tokens)
+
+
+ANCHORS, FRACTION = local_default()
 
 
 @dataclass
@@ -81,8 +95,8 @@ def method_forwards(s: Shape) -> dict[str, float]:
     return {"uniform, global_magnitude, lamp, erk": base, "owl, dlp": base + 1,
             "alpha_pruning (+ an SVD per linear)": base,
             "atp (6 betas on the validation split)": base + 6 * (2 + EVAL_TOKENS / TOKENS),
-            "ours (local estimator)": base + 2 + 0.5 * layers + closed,
-            "ours_block (local estimator)": base + 2 + 0.5 * blocks + closed,
+            "ours (local estimator)": base + 2 + ANCHORS * FRACTION * layers + closed,
+            "ours_block (local estimator)": base + 2 + ANCHORS * FRACTION * blocks + closed,
             "evopress (scaled search)": base + 1 + generations * stage_tokens / TOKENS}
 
 
@@ -109,6 +123,12 @@ def rate() -> float:
     return per_token * tokens / (check["fast_grid_batch_1"]["ms_per_point"] / 1000)
 
 
+def local(s: Shape, downstream: float) -> float:
+    """FLOPs of the local estimator's curves: reference and Gram forwards, the anchors on a
+    fraction of the tokens over each unit's downstream share, the closed forms."""
+    return s.forward() * (2 + ANCHORS * FRACTION * downstream) + s.closed_forms()
+
+
 def table() -> str:
     r = rate()
     hours = lambda flops: flops / r / 3600  # noqa: E731
@@ -124,12 +144,10 @@ def table() -> str:
         f"exact per-block curves ({GRID - 1} points)": [
             f"{hours(s.forward() * (GRID - 1) * sum(s.downstream()[::7])):,.1f} GPU-h"
             for s in SHAPES],
-        "local per-layer curves (default)": [
-            f"{hours(s.forward() * (2 + 2 * 0.25 * sum(s.downstream())) + s.closed_forms()):,.2f}"
-            " GPU-h" for s in SHAPES],
+        f"local per-layer curves (default: {ANCHORS} anchors, {FRACTION:g} of the tokens)": [
+            f"{hours(local(s, sum(s.downstream()))):,.2f} GPU-h" for s in SHAPES],
         "local per-block curves": [
-            f"{hours(s.forward() * (2 + 2 * 0.25 * sum(s.downstream()[::7])) + s.closed_forms()):,.2f}"
-            " GPU-h" for s in SHAPES],
+            f"{hours(local(s, sum(s.downstream()[::7]))):,.2f} GPU-h" for s in SHAPES],
     }
     for label, cells in rows.items():
         lines.append(f"| {label} | " + " | ".join(cells) + " |")

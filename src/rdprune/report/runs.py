@@ -122,7 +122,8 @@ def estimator_label(options: dict[str, Any]) -> list[str]:
         parts.append(f"{options['points']} points")
     tokens = options.get("tokens")
     if tokens is not None:
-        parts.append(f"{tokens:g} of the tokens" if isinstance(tokens, float) else
+        # an integer counts tokens (a language model) or samples (images); a fraction either
+        parts.append(f"{tokens:g} of the calibration" if isinstance(tokens, float) else
                      f"{tokens} tokens")
     if options.get("precision") is not None:
         parts.append(str(options["precision"]))
