@@ -81,6 +81,8 @@ def measure(cfg, prob, settings: dict) -> tuple[np.ndarray, float, float]:
     from rdprune.methods.registry import method
 
     options = {k: v for k, v in cfg.rd.items() if k not in ("shards", "shard")}
+    # every row starts from the exact reference, whatever estimator the config defaults to
+    options.update(estimator="exact", points=None, tokens=None, precision=None)
     settings = dict(settings)
     if isinstance(settings.get("tokens"), float):  # a fraction of the calibration tokens
         calib = prob.calibration  # (token ids [N, T]; images [N, C, H, W]: samples)

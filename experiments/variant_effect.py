@@ -11,6 +11,7 @@ Reads the run directories as the report does (:func:`rdprune.report.runs.collect
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     runs, _ = collect(args.dirs)
     table = effect(runs, args.variant, args.metric)
     text = markdown(table) if not table.empty else "(no runs)"
-    command = "python experiments/variant_effect.py " + " ".join(
+    command = "python experiments/variant_effect.py " + shlex.join(
         argv if argv is not None else sys.argv[1:])
     doc = (f"# {args.variant}: what it changes\n\nMade by `{command}`. Each row: the label's "
            f"{args.metric} without and with `{args.variant}`, and the paired difference (with - "
