@@ -66,8 +66,10 @@ def setup(overrides: list[str]):
     from rdprune.run.setup import setup as run_setup
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("config", overrides=["model=hf_lm", "dataset=text", "device=cpu",
-                                           *overrides])
+        # the offline LM unless an experiment (e.g. quickstart) names its own model and data
+        base = [] if any(o.startswith("experiment=") for o in overrides) else \
+            ["model=hf_lm", "dataset=text"]
+        cfg = compose("config", overrides=[*base, "device=cpu", *overrides])
     with open_dict(cfg):
         cfg.paths.output_dir = str(ROOT / "logs" / "bench_estimators")
     run = run_setup(cfg)

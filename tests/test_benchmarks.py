@@ -102,3 +102,29 @@ def test_paired_from_runs_matches_a_hand_t_interval(tmp_path):
     runs.to_csv(path, index=False)
     with pytest.raises(SystemExit, match="different dense models"):
         script("paired_from_runs").main([str(path)])
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model.config.num_hidden_layers=1", "model.config.hidden_size=32",
+     "model.config.intermediate_size=64", "dataset.tokenizer=byte", "dataset.vocab_size=257",
+     "dataset.seq_len=32", "dataset.calib_size=4", "dataset.calib_len=32",
+     "dataset.eval_tokens=1024", "recipe.dense_steps=2", "recipe.batch_size=4"],
+    ["experiment=quickstart", "dataset=synthetic", "dataset.image_size=16",
+     "dataset.train_size=64", "dataset.test_size=32", "dataset.calib_size=8",
+     "recipe.dense_steps=2", "recipe.batch_size=16"],
+], ids=["lm", "quickstart"])
+def test_bench_estimators_toy(tmp_path, monkeypatch, overrides):
+    """Every row starts from the exact reference, also where the model's config defaults to
+    another estimator (the LM's local one): the first row is the exact curves, the rest count
+    fewer FLOPs than it."""
+    monkeypatch.setenv("RDPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "bench.txt"
+    bench = script("bench_estimators")
+    monkeypatch.setattr(bench, "ESTIMATORS", {k: bench.ESTIMATORS[k] for k in (
+        "exact", "exact, 1/2 tokens", "exact, 3 points", "local, 2 anchors")})
+    bench.main([*overrides, "rd.grid_points=5", "--threads", "1", "--out", str(out)])
+    rows = {ln[:44].strip(): ln[44:].split() for ln in out.read_text().splitlines()
+            if not ln.startswith("#") and not ln.startswith("estimator")}
+    assert list(rows) == ["exact", "exact, 1/2 tokens", "exact, 3 points", "local, 2 anchors"]
+    assert rows["exact"][1] == "1.0" and rows["exact"][-2:] == ["0.000", "0.000"]
+    assert all(float(r[1]) > 1.0 for k, r in rows.items() if k != "exact")
