@@ -117,3 +117,20 @@ def test_a_stop_signal_ends_after_the_measurement_in_flight_and_the_rerun_resume
     assert rows == reference
     # the reference pass, then what was missing: (2 singles + 2 pairs) x 2 sparsities - 3 stored
     assert len(forwards) == 1 + num_forwards([(0, 1), (1, 2)], sparsities) - 1 - 3
+
+
+def test_a_subset_of_many_layers_is_cached_under_a_short_name(tmp_path):
+    """84 linears (the 12-block LM's) in one subset: the joined indices would pass the 255-byte
+    file-name limit; the measurement is stored under a digest and read back equal."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(84)])
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    x = torch.randn(8, 4)
+    subsets = [("all", tuple(range(84)))]
+    fresh = measure(model, layers, x, subsets, [0.5], progress=False)
+    stored = measure(model, layers, x, subsets, [0.5], progress=False, cache_dir=tmp_path)
+    names = [p.name for p in tmp_path.glob("additivity/*/*.pt")]
+    assert stored == fresh and max(len(n) for n in names) < 120
+    assert sum(n.startswith("84layers-") for n in names) == 1
+    again = measure(model, layers, x, subsets, [0.5], progress=False, cache_dir=tmp_path)
+    assert again == fresh

@@ -144,7 +144,10 @@ def measure(
         pruned_layers = sorted(i for u in indices for i in units[u])
         if folder is None:
             return measured(pruned_layers, s)
-        item = folder / f"{'-'.join(map(str, pruned_layers))}_{s!r}.pt"
+        name = "-".join(map(str, pruned_layers))
+        if len(name) > 96:  # a file name has 255 bytes: many layers go by their digest
+            name = f"{len(pruned_layers)}layers-{cache.digest(pruned_layers)[:16]}"
+        item = folder / f"{name}_{s!r}.pt"
         value, _ = cache.cached(item, lambda: measured(pruned_layers, s))
         if guard.pending:  # stored: hand a stop signal on now
             guard.hand_on()
