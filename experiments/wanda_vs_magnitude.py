@@ -7,7 +7,11 @@ each criterion (the pruning criterion), the sequential protocol as the runs: a 2
 separates what the criterion does to the curves (and so to the allocation) from what it does to
 the pruning. Beside them uniform with each criterion, and for each allocation: the largest layer
 sparsity, the mean sparsity of the attention and MLP linears, and the measured joint output
-distortion over the sum the curves predict (1 = additive).
+distortion over the sum the curves predict (1 = additive). Then what Wanda's metric has to work
+with, per dense model (one pass over the calibration set): the spread of each layer's input
+feature norms ||X_j|| (max / median: LLMs' outlier features give 10-100x), the share of the
+weights magnitude and Wanda both remove at the target (uniform over the layers), and the spread of
+the per-output-row sparsity under magnitude (Wanda fixes every row to the layer's sparsity).
 
     python experiments/wanda_vs_magnitude.py --threads 2   # -> results/wanda_vs_magnitude/
 """
@@ -90,6 +94,26 @@ def study(run, target: float) -> list[dict]:
     return rows
 
 
+def statistics(run, target: float) -> dict:
+    """Medians over the layers of: max / median input norm, the share of magnitude's pruned
+    weights Wanda prunes too, and the std of the per-row sparsity of magnitude's mask."""
+    from rdprune.pruning.criteria import Criterion, measure
+
+    wanda = measure("wanda", run.model, run.layers, run.data.calibration(), batch_size=16)
+    spread, overlap, rows = [], [], []
+    for name, module in run.layers.items():
+        norms = wanda.norms[name].double()
+        spread.append(float(norms.max() / norms.median().clamp(min=1e-30)))
+        by_magnitude = ~Criterion().mask(name, module, target)
+        by_wanda = ~wanda.mask(name, module, target)
+        overlap.append(float((by_magnitude & by_wanda).sum() / by_magnitude.sum()))
+        rows.append(float(by_magnitude.double().mean(dim=1).std()))
+    return {"norm max / median": float(np.median(spread)),
+            "worst layer's norm max / median": float(np.max(spread)),
+            "pruned by both / by magnitude": float(np.median(overlap)),
+            "std of row sparsity (magnitude)": float(np.median(rows))}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(ROOT / "results" / "wanda_vs_magnitude"))
@@ -97,18 +121,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replicates", default="0,1,2")
     p.add_argument("--models", default="hf_lm,hf_lm12")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--statistics-only", action="store_true",
+                   help="keep the 2 x 2 of an earlier run (its runs.csv); redo the statistics")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    frames = []
+    frames, stats = [], []
     for model in args.models.split(","):
         for r in (int(x) for x in args.replicates.split(",")):
             run = env(model, r, out, args.threads)
-            frames.append(pd.DataFrame(study(run, args.target)).assign(model=model,
-                                                                        replicate=r))
-    df = pd.concat(frames, ignore_index=True)
-    df.to_csv(out / "runs.csv", index=False, float_format="%.5g")
+            stats.append({"model": model, "replicate": r, **statistics(run, args.target)})
+            if not args.statistics_only:
+                frames.append(pd.DataFrame(study(run, args.target)).assign(model=model,
+                                                                            replicate=r))
+    if args.statistics_only:
+        df = pd.read_csv(out / "runs.csv")
+    else:
+        df = pd.concat(frames, ignore_index=True)
+        df.to_csv(out / "runs.csv", index=False, float_format="%.5g")
+    st = pd.DataFrame(stats)
+    st.to_csv(out / "statistics.csv", index=False, float_format="%.5g")
     mean = df.groupby(["model", "allocation", "pruning criterion"], sort=False).mean(
         numeric_only=True).drop(columns="replicate").reset_index()
     command = "python experiments/wanda_vs_magnitude.py " + " ".join(
@@ -119,9 +152,18 @@ def main(argv: list[str] | None = None) -> int:
         ratio = "" if pd.isna(r[7]) else f"{r[7]:.2f}"
         lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.3f} | {r[5]:.3f} | "
                      f"{r[6]:.3f} | {ratio} |")
+    cols = [c for c in st.columns if c not in ("model", "replicate")]
+    per_model = st.groupby("model", sort=False)[cols].mean()
+    lines += ["", "What Wanda's metric has to work with (medians over the layers, then the mean over "
+              f"the dense models; `statistics.csv`), at {args.target:.0%} in every layer:", "",
+              "| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for model, r in per_model.iterrows():
+        lines.append(f"| {model} | " + " | ".join(f"{v:.2f}" for v in r) + " |")
     (out / "README.md").write_text(
         f"# Wanda and magnitude, curves and pruning\n\nMade by `{command}` in "
-        f"{time.perf_counter() - start:.0f} s. Mean over the dense models "
+        f"{time.perf_counter() - start:.0f} s"
+        + (" (the 2 x 2 read from the `runs.csv` of an earlier run without the flag)"
+           if args.statistics_only else "") + ". Mean over the dense models "
         f"(replicates {args.replicates}), target {args.target:.0%}, calibration draw 0, the "
         f"sequential protocol; `runs.csv` per dense model.\n\n" + "\n".join(lines) + "\n")
     print((out / "README.md").read_text())
