@@ -95,10 +95,13 @@ def dense_stage(run: Run) -> dict[str, Any]:
         run.logger.log_history("dense", result["history"])
         source, seconds = "trained", result["seconds"]
         log.info("dense model %s: %s", "loaded from cache" if hit else "trained", path)
+    # which dense model this is (runs pair on it): its weights before any cast, so a run in
+    # bfloat16 pairs with the float32 runs of the same model; the evaluation reads the cast ones
+    identity = cache.state_digest(model)
     run.task.ready(model)  # (a language model trained here: cast to model.dtype)
     run.task.place(model, run.device)
     weights = cache.state_digest(model)
-    return {"source": source, "key": weights, "seconds": seconds,
+    return {"source": source, "key": identity, "seconds": seconds,
             **cached_evaluation(run, weights)}
 
 
