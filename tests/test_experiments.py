@@ -114,3 +114,14 @@ def test_the_sharding_example_of_the_docs_launches_one_job_per_shard():
     jobs = [j for b in BasicSweeper.split_arguments(
         OverridesParser.create().parse_overrides(sweep), None) for j in b]
     assert len(jobs) == 4 and all("method=ours" in j for j in jobs)
+
+
+@pytest.mark.parametrize("name", ["lm_text_oneshot", "lm_estimators", "digits_estimators"])
+def test_an_experiment_pinned_to_exact_curves_inherits_no_estimator_modifier(tmp_path, name):
+    """The language models' default estimator (local, 3 anchors, 1/8 of the tokens) must not
+    leak into an experiment that pins the exact curves: rd.points / tokens / precision left over
+    from the model config would make 'exact' measure 3 points on 1/8 of the tokens (it did:
+    lm_text_oneshot's committed 54.862 became 54.49)."""
+    cfg = compose_config([f"experiment={name}"], tmp_path)
+    assert cfg.rd.estimator == "exact"
+    assert (cfg.rd.points, cfg.rd.tokens, cfg.rd.precision) == (None, None, None)
