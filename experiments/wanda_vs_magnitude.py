@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     st.to_csv(out / "statistics.csv", index=False, float_format="%.5g")
     mean = df.groupby(["model", "allocation", "pruning criterion"], sort=False).mean(
         numeric_only=True).drop(columns="replicate").reset_index()
-    command = "python experiments/wanda_vs_magnitude.py " + " ".join(
+    command = "python experiments/wanda_vs_magnitude.py " + shlex.join(
         argv if argv is not None else sys.argv[1:])
     lines = ["| model | allocation | pruning criterion | perplexity | max layer sparsity | "
              "attention mean | MLP mean | measured / predicted |", "|---|---|---|---|---|---|---|---|"]

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,39 +159,11 @@ def gain_scaled(grid: np.ndarray, anchors: np.ndarray, exact: np.ndarray, local:
 def input_grams(model: nn.Module, layers: dict[str, nn.Module], inputs: torch.Tensor,
                 batch_size: int) -> dict[str, torch.Tensor]:
     """Per layer, the Gram matrix of what its weight multiplies, summed over the calibration set
-    in float64: ``[groups, d, d]``, one block per group of a convolution (``d`` = in channels
-    per group x kernel area, the unfolded patches), one of ``d = d_in`` for a linear layer."""
-    import torch.nn.functional as F
+    in float64: ``[groups, d, d]`` (:func:`rdprune.pruning.statistics.input_statistics`,
+    ``gram``: the unfolded patches per group of a convolution, ``d = d_in`` for a linear)."""
+    from rdprune.pruning.statistics import input_statistics
 
-    sums: dict[str, torch.Tensor] = {}
-
-    def hook(name: str):
-        def record(module, args):
-            x = args[0].detach()
-            if isinstance(module, nn.Conv2d):
-                cols = F.unfold(x, module.kernel_size, module.dilation, module.padding,
-                                module.stride)  # [B, C_in k k, L]
-                g = module.groups
-                rows = cols.transpose(1, 2).reshape(-1, g, cols.shape[1] // g).double()
-            else:
-                rows = x.reshape(-1, 1, x.shape[-1]).double()
-            part = torch.einsum("ngi,ngj->gij", rows, rows)
-            sums[name] = sums[name] + part if name in sums else part
-        return record
-
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(inputs), batch_size):
-                model(inputs[start:start + batch_size].to(device))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return sums
+    return input_statistics(model, layers, inputs, "gram", batch_size=batch_size)
 
 
 def local_errors(model: nn.Module, layers: dict[str, nn.Module], units: Sequence[Sequence[str]],
